@@ -1,0 +1,174 @@
+# Copyright (c) medsegdiff-monai contributors
+# Licensed under the Apache License, Version 2.0
+"""The ``medsegdiff-monai`` command line (also ``python -m medsegdiff_monai``), built with ``fire``.
+
+Run ``medsegdiff-monai --help`` for the commands and ``medsegdiff-monai COMMAND --help`` for their options.
+User errors (bad data, bad arguments, existing outputs) end with a one-line message on stderr and exit status 1;
+fire's own usage errors exit with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+__all__ = ["Commands", "main"]
+
+
+class CommandError(Exception):
+    """A command failed for a reason the user can fix; the message is printed as one line."""
+
+
+class Commands:
+    """MedSegDiff (diffusion segmentation) with MONAI: data tools for BraTS 2020/2021 and MSD Task01."""
+
+    def make_demo_data(
+        self,
+        output_dir: str,
+        num_cases: int = 8,
+        seed: int = 0,
+        shape: Sequence[int] = (96, 96, 64),
+        overwrite: bool = False,
+        layout: str = "brats2021",
+    ) -> None:
+        """Write a synthetic BraTS-like demo data set (BraTS 2021 file layout) into OUTPUT_DIR.
+
+        Args:
+            output_dir: the folder to write; existing cases are kept unless --overwrite.
+            num_cases: number of cases.
+            seed: random seed; the same seed writes the same data.
+            shape: volume shape x,y,z, e.g. --shape 96,96,64.
+            overwrite: replace existing case folders.
+            layout: brats2021 (default), brats2020 or msd.
+        """
+        from .data import make_demo_data
+
+        written = make_demo_data(output_dir, num_cases=num_cases, seed=seed, shape=_shape(shape),
+                                 overwrite=overwrite, layout=layout)
+        print(f"wrote {len(written)} synthetic case(s) ({layout} layout) to {os.path.abspath(output_dir)}")
+
+    def make_datalist(
+        self,
+        data_dir: str,
+        output_json: str,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.0,
+        seed: int = 0,
+        layout: str = "auto",
+        absolute_paths: bool = False,
+        overwrite: bool = False,
+        skip_bad_cases: bool = False,
+    ) -> None:
+        """Write a MONAI datalist JSON (training/validation/test, split by case) for a BraTS or MSD folder.
+
+        Args:
+            data_dir: the data folder (BraTS case folders, or MSD Task01_BrainTumour with dataset.json).
+            output_json: the JSON file to write; paths in it are relative to its folder.
+            val_fraction: fraction of labeled cases for validation.
+            test_fraction: fraction of labeled cases held out for testing (unlabeled cases always go to test).
+            seed: split seed.
+            layout: auto, brats2021, brats2020, brats or msd.
+            absolute_paths: write absolute paths.
+            overwrite: replace an existing OUTPUT_JSON.
+            skip_bad_cases: leave out cases with problems (with a warning) instead of failing.
+        """
+        from .data import write_datalist
+
+        dl = write_datalist(data_dir, output_json, val_fraction=val_fraction, test_fraction=test_fraction,
+                            seed=seed, layout=layout, absolute_paths=absolute_paths, overwrite=overwrite,
+                            on_error="skip" if skip_bad_cases else "raise")
+        print(f"wrote {output_json}: layout {dl['layout']}, labels {dl['label_convention']}, "
+              f"{dl['numTraining']} training, {dl['numValidation']} validation, {dl['numTest']} test case(s)")
+
+    def check_data(self, data_dir: str, layout: str = "auto", quick: bool = False) -> None:
+        """Validate a BraTS or MSD data folder and report the problems of every case (reads, never writes).
+
+        Args:
+            data_dir: the data folder.
+            layout: auto, brats2021, brats2020, brats or msd.
+            quick: check names and NIfTI headers only, without reading the voxel data.
+        """
+        from .data import check_dataset
+
+        def progress(case_id: str, problems: list[str]) -> None:
+            if problems:
+                for p in problems:
+                    print(f"{case_id}: {p}")
+            else:
+                print(f"{case_id}: ok")
+
+        found, report = check_dataset(data_dir, layout=layout, read_data=not quick, progress=progress)
+        bad = sorted(c for c, p in report.items() if p)
+        print(f"{len(report)} case(s) checked ({found} layout), {len(bad)} with problems")
+        if bad:
+            raise CommandError(f"{len(bad)} of {len(report)} case(s) in {data_dir} have problems: "
+                               f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # predict: RESERVED for the lead. It will run the bundle's inference config
+    # (python -m monai.bundle run --config_file bundle/configs/inference.json ...) on a folder or datalist.
+    # Add it here as `def predict(self, ...)`; main() already maps CommandError/DataError to exit status 1.
+    # ------------------------------------------------------------------------------------------------------------
+
+
+def _shape(shape: Sequence[int] | int | str) -> tuple[int, ...]:
+    if isinstance(shape, str):
+        shape = [s for s in shape.replace("x", ",").strip("()[] ").split(",") if s.strip()]
+    if isinstance(shape, int):
+        shape = (shape,) * 3
+    try:
+        out = tuple(int(s) for s in shape)  # type: ignore[union-attr]
+    except (TypeError, ValueError) as e:
+        raise CommandError(f"--shape must be three integers such as 96,96,64, got {shape!r}") from e
+    if len(out) != 3:
+        raise CommandError(f"--shape must be three integers such as 96,96,64, got {shape!r}")
+    return out
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: the arguments (without the program name); None reads ``sys.argv``.
+
+    Returns:
+        the exit status: 0 on success, 1 on a user error (message on stderr), 2 on a usage error.
+    """
+    import contextlib
+    import io
+
+    import fire
+
+    from .data import DataError
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    wants_help = any(a in ("--help", "-h") for a in args)
+    captured = io.StringIO()
+    try:
+        # fire prints help on stderr; help that was asked for belongs on stdout
+        with contextlib.redirect_stderr(captured) if wants_help else contextlib.nullcontext():
+            fire.Fire(Commands(), command=args, name="medsegdiff-monai")
+    except fire.core.FireExit as e:  # --help (0) or a usage error (2); fire has printed its message
+        if wants_help:
+            text = "".join(line for line in captured.getvalue().splitlines(keepends=True)
+                           if not line.startswith("INFO: Showing help"))
+            (sys.stdout if e.code == 0 else sys.stderr).write(text.lstrip("\n"))
+        return int(e.code or 0)
+    except (CommandError, DataError, FileExistsError, FileNotFoundError, NotADirectoryError,
+            PermissionError, ValueError) as e:
+        print(f"medsegdiff-monai: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("medsegdiff-monai: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+# Copyright (c) medsegdiff-monai contributors
+# Licensed under the Apache License, Version 2.0
+"""Prepare-batch callables that let MONAI's ``SupervisedTrainer`` train a segmentation diffusion model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from monai.data.meta_tensor import MetaTensor
+from monai.engines.utils import DiffusionPrepareBatch
+
+__all__ = ["SegDiffusionPrepareBatch"]
+
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+
+
+def _plain(x: Any) -> torch.Tensor:
+    """A plain float tensor (MetaTensor metadata is not needed for the diffusion loss and slows every op)."""
+    t = x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
+    return t if torch.is_floating_point(t) else t.float()
+
+
+class SegDiffusionPrepareBatch(DiffusionPrepareBatch):
+    """``prepare_batch`` for :class:`monai.engines.SupervisedTrainer` training MedSegDiff (paper eq. 7).
+
+    From a batch ``{image_key: image, label_key: mask}`` (or an ``(image, mask)`` pair), with masks float {0, 1}
+    of shape (B, C, *spatial), it returns ``(x0, target, (), kwargs)``:
+
+    - ``x0 = 2 * mask - 1``: the mask mapped to [-1, 1], the sample that is diffused;
+    - ``kwargs = {"noise": eps, "timesteps": t, "condition": image}`` with ``eps ~ N(0, I)`` shaped like ``x0``
+      and ``t`` uniform in ``[0, num_train_timesteps)``, shape (B,);
+    - ``target``: ``eps`` for ``prediction_type="epsilon"`` (the paper), ``x0`` for "sample", or the velocity
+      ``scheduler.get_velocity(x0, eps, t)`` for "v_prediction".
+
+    The trainer then calls ``inferer(x0, network, noise=..., timesteps=..., condition=image)``: MONAI's stock
+    :class:`monai.inferers.DiffusionInferer` (default mode "crossattn") noises ``x0`` with the scheduler and calls
+    ``network(x=x_t, timesteps=t, context=image)``, and ``loss_function(prediction, target)`` is e.g.
+    ``torch.nn.MSELoss()``. Note that the trainer's ``engine.state.output["image"]`` is therefore ``x0`` (the
+    mapped mask), and ``"label"`` the target. MetaTensors are converted to plain tensors; mask values are not
+    checked (no host synchronisation).
+
+    Example::
+
+        scheduler = RespacedDDPMScheduler(num_train_timesteps=1000)
+        trainer = SupervisedTrainer(
+            device=device, max_epochs=100, train_data_loader=loader, network=net, optimizer=opt,
+            loss_function=torch.nn.MSELoss(), inferer=DiffusionInferer(scheduler),
+            prepare_batch=SegDiffusionPrepareBatch(num_train_timesteps=1000),
+        )
+
+    Args:
+        num_train_timesteps: length T of the diffusion chain (the scheduler's ``num_train_timesteps``).
+        image_key: key of the image (condition) in dict batches.
+        label_key: key of the mask in dict batches.
+        prediction_type: "epsilon", "sample" or "v_prediction"; must match the scheduler's when one is given.
+        scheduler: MONAI scheduler, needed for "v_prediction".
+
+    Raises:
+        ValueError: on an invalid argument (named in the message).
+    """
+
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        image_key: str = "image",
+        label_key: str = "label",
+        prediction_type: str = "epsilon",
+        scheduler: torch.nn.Module | None = None,
+    ) -> None:
+        if int(num_train_timesteps) < 1:
+            raise ValueError(f"`num_train_timesteps` must be >= 1, got {num_train_timesteps}.")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
+        if prediction_type == "v_prediction" and scheduler is None:
+            raise ValueError("`prediction_type='v_prediction'` needs a `scheduler` (for get_velocity).")
+        if scheduler is not None:
+            sched_t = getattr(scheduler, "num_train_timesteps", None)
+            if sched_t is not None and int(sched_t) != int(num_train_timesteps):
+                raise ValueError(
+                    f"`num_train_timesteps`={num_train_timesteps} differs from the scheduler's {sched_t}."
+                )
+            sched_p = getattr(scheduler, "prediction_type", None)
+            if sched_p is not None and sched_p != prediction_type:
+                raise ValueError(
+                    f"`prediction_type`={prediction_type!r} differs from the scheduler's {sched_p!r}; sampling "
+                    "would misread the network output."
+                )
+        super().__init__(num_train_timesteps=int(num_train_timesteps), condition_name=image_key)
+        self.image_key = image_key
+        self.label_key = label_key
+        self.prediction_type = prediction_type
+        self.scheduler = scheduler
+
+    def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Loss target for ``x0 = images``: the noise, ``x0`` itself, or the velocity.
+
+        Args:
+            images: diffused samples x0, (B, C, *spatial).
+            noise: the noise, same shape.
+            timesteps: (B,) timesteps.
+
+        Returns:
+            target, same shape as ``images``.
+        """
+        if self.prediction_type == "sample":
+            return images
+        if self.prediction_type == "v_prediction":
+            return self.scheduler.get_velocity(images, noise, timesteps)  # type: ignore[union-attr,operator]
+        return noise
+
+    def __call__(
+        self,
+        batchdata: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple, dict]:
+        """Build ``(x0, target, (), {"noise", "timesteps", "condition"})`` from a batch.
+
+        Args:
+            batchdata: dict with ``image_key`` and ``label_key``, or an ``(image, label)`` pair.
+            device: target device.
+            non_blocking: ``Tensor.to`` argument.
+            kwargs: further ``Tensor.to`` arguments.
+
+        Returns:
+            ``(x0, target, (), {"noise": noise, "timesteps": timesteps, "condition": image})``.
+        """
+        if isinstance(batchdata, Mapping):
+            missing = [k for k in (self.image_key, self.label_key) if k not in batchdata]
+            if missing:
+                raise ValueError(
+                    f"Batch has no {missing} (image_key={self.image_key!r}, label_key={self.label_key!r}); "
+                    f"keys: {list(batchdata)}."
+                )
+            image, label = batchdata[self.image_key], batchdata[self.label_key]
+        elif isinstance(batchdata, Sequence) and len(batchdata) == 2:
+            image, label = batchdata
+        else:
+            raise ValueError("`batchdata` must be a dict with image and label keys or an (image, label) pair.")
+        image = _plain(image).to(device=device, non_blocking=non_blocking, **kwargs)
+        x0 = (_plain(label).to(device=device, non_blocking=non_blocking, **kwargs) * 2.0 - 1.0).to(image.dtype)
+        noise = self.get_noise(x0)
+        timesteps = self.get_timesteps(x0)
+        target = self.get_target(x0, noise, timesteps)
+        return x0, target, (), {"noise": noise, "timesteps": timesteps, "condition": image}

@@ -1,0 +1,203 @@
+# Copyright (c) medsegdiff-monai contributors
+# Licensed under the Apache License, Version 2.0
+"""Ready-made BraTS pipelines for Python users. A bundle config builds the same chains transform by transform.
+
+Evaluation / inference (whole volumes, invertible with ``monai.transforms.Invertd``)::
+
+    CheckInputFilesd -> LoadImaged(NibabelReader) -> EnsureChannelFirstd -> [Orientationd] -> ReorderModalitiesd
+    -> CheckFinited -> LabelToRegionsd -> CropForegroundd(source: image) -> Resized((H, W, -1); image
+    trilinear, label nearest) -> NormalizeIntensityd(nonzero, channel_wise) -> EnsureTyped
+
+    output: image (4, H, W, D) float32, label (R, H, W, D) float32 {0, 1}; MetaTensors with applied operations.
+
+Training (2D axial slices) adds, after the above::
+
+    SliceFgBgToIndicesd -> RandCropByPosNegLabeld(spatial_size (-1, -1, 1), pos, neg, num_samples)
+    -> SqueezeDimd(dim=3)
+
+    output: ``slices_per_volume`` samples per volume, image (4, H, W), label (R, H, W).
+
+Everything before ``RandCropByPosNegLabeld`` is deterministic, so ``CacheDataset``/``PersistentDataset`` cache the
+loaded, cropped, normalised and resized volumes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from monai.transforms import (
+    Compose,
+    CropForegroundd,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    NormalizeIntensityd,
+    Orientationd,
+    RandCropByPosNegLabeld,
+    Resized,
+    SqueezeDimd,
+)
+
+from ..data.conventions import MODALITIES
+from .dictionary import CheckFinited, CheckInputFilesd, LabelToRegionsd, ReorderModalitiesd, SliceFgBgToIndicesd
+
+__all__ = ["get_eval_transforms", "get_train_transforms", "get_inference_transforms"]
+
+
+def _size2d(spatial_size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(spatial_size, int):
+        return (int(spatial_size), int(spatial_size))
+    size = tuple(int(s) for s in spatial_size)
+    if len(size) == 3 and size[2] == -1:
+        size = size[:2]
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"spatial_size must be (H, W) or an int, got {spatial_size!r}.")
+    return size  # type: ignore[return-value]
+
+
+def _volume_transforms(
+    spatial_size: int | Sequence[int],
+    image_key: str,
+    label_key: str | None,
+    case_key: str,
+    regions: str | Sequence[str],
+    label_convention: str | None,
+    modalities: str | Sequence[str],
+    margin: int,
+    orientation: str | None,
+    check_files: bool,
+    reader: str,
+    anti_aliasing: bool,
+) -> list:
+    h, w = _size2d(spatial_size)
+    keys = [image_key] + ([label_key] if label_key else [])
+    xforms: list = []
+    if check_files:
+        xforms.append(CheckInputFilesd(keys=keys, case_key=case_key, allow_missing_keys=False))
+    xforms += [
+        LoadImaged(keys=keys, reader=reader, image_only=True),
+        EnsureChannelFirstd(keys=keys),
+    ]
+    if orientation:
+        xforms.append(Orientationd(keys=keys, axcodes=orientation))
+    xforms += [
+        ReorderModalitiesd(keys=image_key, target_order=modalities, case_key=case_key),
+        CheckFinited(keys=image_key, case_key=case_key, channel_names=modalities),
+    ]
+    if label_key:
+        xforms.append(LabelToRegionsd(keys=label_key, regions=regions, convention=label_convention, case_key=case_key))
+    xforms += [
+        CropForegroundd(keys=keys, source_key=image_key, margin=margin, allow_smaller=True, start_coord_key=None,
+                        end_coord_key=None),
+        # resize before normalising: the statistics over the brain barely change, NormalizeIntensityd (boolean
+        # indexing) is the costliest step and runs on ~2x fewer voxels at network size
+        Resized(keys=keys, spatial_size=(h, w, -1), mode=["trilinear"] + ["nearest"] * (len(keys) - 1),
+                anti_aliasing=[bool(anti_aliasing)] + [False] * (len(keys) - 1)),
+        NormalizeIntensityd(keys=image_key, nonzero=True, channel_wise=True),
+        EnsureTyped(keys=keys, dtype="float32"),
+    ]
+    return xforms
+
+
+def get_eval_transforms(
+    spatial_size: int | Sequence[int] = (128, 128),
+    image_key: str = "image",
+    label_key: str | None = "label",
+    case_key: str = "case_id",
+    regions: str | Sequence[str] = "wt",
+    label_convention: str | None = None,
+    modalities: str | Sequence[str] = MODALITIES,
+    margin: int = 0,
+    orientation: str | None = None,
+    check_files: bool = True,
+    reader: str = "NibabelReader",
+    anti_aliasing: bool = False,
+) -> Compose:
+    """Whole-volume preprocessing for evaluation and inference; ``Invertd`` maps predictions back.
+
+    Args:
+        spatial_size: in-plane network size (H, W) (or an int); the depth (axial slices) is kept.
+        image_key: item key of the image (list of modality files, or one 4D file).
+        label_key: item key of the label; None for inference on unlabeled cases.
+        case_key: item key of the case name used in error messages.
+        regions: ``"wt"`` (1 channel) or ``"wt_tc_et"`` (3 channels), see :class:`LabelToRegionsd`.
+        label_convention: the convention when items carry no ``label_convention``.
+        modalities: the output channels and their order.
+        margin: voxels kept around the brain by ``CropForegroundd``.
+        orientation: optional axis codes (e.g. ``"RAS"``) for ``Orientationd``; None keeps the stored orientation
+            (axial slices along the third axis, as in BraTS and MSD).
+        check_files: start with :class:`CheckInputFilesd` (header checks with clear messages).
+        reader: the ``LoadImaged`` reader.
+        anti_aliasing: Gaussian anti-aliasing before downsampling the image. Off by default: a BraTS brain
+            (about 140 x 170 voxels) shrinks to 128 x 128 by a factor below 1.5, and the smoothing costs ~10x the
+            resize itself (about 1 s per BraTS volume on one thread).
+
+    Returns:
+        a ``Compose``; outputs image (C, H, W, D) and label (R, H, W, D) MetaTensors.
+    """
+    return Compose(_volume_transforms(spatial_size, image_key, label_key, case_key, regions, label_convention,
+                                      modalities, margin, orientation, check_files, reader, anti_aliasing))
+
+
+def get_inference_transforms(spatial_size: int | Sequence[int] = (128, 128), **kwargs) -> Compose:
+    """:func:`get_eval_transforms` without a label (``label_key=None``); other arguments are passed on."""
+    kwargs["label_key"] = None
+    return get_eval_transforms(spatial_size, **kwargs)
+
+
+def get_train_transforms(
+    spatial_size: int | Sequence[int] = (128, 128),
+    slices_per_volume: int = 8,
+    pos: float = 1.0,
+    neg: float = 1.0,
+    image_key: str = "image",
+    label_key: str = "label",
+    case_key: str = "case_id",
+    regions: str | Sequence[str] = "wt",
+    label_convention: str | None = None,
+    modalities: str | Sequence[str] = MODALITIES,
+    margin: int = 0,
+    orientation: str | None = None,
+    check_files: bool = True,
+    reader: str = "NibabelReader",
+    anti_aliasing: bool = False,
+) -> Compose:
+    """Training preprocessing: the eval chain on whole volumes, then random axial slices as 2D samples.
+
+    Args:
+        spatial_size: in-plane network size (H, W) (or an int).
+        slices_per_volume: 2D samples drawn from each volume per epoch.
+        pos: weight of slices with tumour; ``pos / (pos + neg)`` of the samples come from tumour slices.
+        neg: weight of slices without tumour (drawn when a volume has no tumour at all); 0 for tumour only.
+        image_key: see :func:`get_eval_transforms`.
+        label_key: item key of the label.
+        case_key: see :func:`get_eval_transforms`.
+        regions: see :func:`get_eval_transforms`.
+        label_convention: see :func:`get_eval_transforms`.
+        modalities: see :func:`get_eval_transforms`.
+        margin: see :func:`get_eval_transforms`.
+        orientation: see :func:`get_eval_transforms`.
+        check_files: see :func:`get_eval_transforms`.
+        reader: see :func:`get_eval_transforms`.
+        anti_aliasing: see :func:`get_eval_transforms`.
+
+    Returns:
+        a ``Compose`` returning a list of ``slices_per_volume`` dicts with image (C, H, W) and label (R, H, W).
+    """
+    if int(slices_per_volume) < 1:
+        raise ValueError(f"slices_per_volume must be at least 1, got {slices_per_volume}.")
+    if pos < 0 or neg < 0 or pos + neg <= 0:
+        raise ValueError(f"pos and neg must be non-negative and not both zero, got {pos}, {neg}.")
+    keys = [image_key, label_key]
+    xforms = _volume_transforms(spatial_size, image_key, label_key, case_key, regions, label_convention, modalities,
+                                margin, orientation, check_files, reader, anti_aliasing)
+    xforms += [
+        SliceFgBgToIndicesd(keys=label_key),
+        RandCropByPosNegLabeld(
+            keys=keys, label_key=label_key, spatial_size=(-1, -1, 1), pos=pos, neg=neg,
+            num_samples=int(slices_per_volume), fg_indices_key=f"{label_key}_fg_indices",
+            bg_indices_key=f"{label_key}_bg_indices", allow_smaller=True,
+        ),
+        SqueezeDimd(keys=keys, dim=3),
+    ]
+    return Compose(xforms)
