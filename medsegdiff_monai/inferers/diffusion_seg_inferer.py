@@ -12,26 +12,19 @@ import torch
 
 from monai.data.meta_tensor import MetaTensor
 from monai.inferers import Inferer, SliceInferer
-from monai.networks.schedulers import DDPMScheduler, Scheduler
+from monai.networks.schedulers import Scheduler
 from monai.utils import optional_import
+from torch import nn
 
-from medsegdiff_monai.networks.schedulers.respacing import (
-    ddim_coefficients,
-    ddim_update,
-    predict_x0_and_eps,
-    spaced_timesteps,
-)
+from medsegdiff_monai.networks.nets.diffusion_segmenter import DiffusionSegmenter, check_sampling_args, mask_channels
 
 sitk, has_sitk = optional_import("SimpleITK")
-tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
 __all__ = ["DiffusionSegInferer"]
 
-SAMPLERS = ("ddim", "ddpm")
 FUSIONS = ("mean", "vote", "staple")
 UNCERTAINTIES = ("variance", "entropy")
 OUTPUTS = ("prob", "mask", "uncertainty", "all")
-MODES = ("crossattn", "concat")
 
 
 class DiffusionSegInferer(Inferer):
@@ -43,12 +36,12 @@ class DiffusionSegInferer(Inferer):
     ``DiffusionModelUNet``), exactly as :class:`monai.inferers.DiffusionInferer` does. ``t`` is a long tensor of
     shape (batch,).
 
-    Sampling uses the noise schedule (``alphas_cumprod``), ``prediction_type``, ``clip_sample`` and (DDIM)
-    ``final_alpha_cumprod``/``steps_offset`` of ``scheduler`` but never its ``step``: MONAI 1.6.1's DDPM/DDIM
-    ``step`` go to the wrong noise level when fewer steps than training steps are used, so any MONAI scheduler,
-    corrected (:class:`~medsegdiff_monai.networks.schedulers.RespacedDDIMScheduler`) or not, samples correctly
-    here. The visited timesteps are ``linspace(T - 1, 0, num_inference_steps).round()`` (MONAI's spacing) and each
-    update goes to the next visited level (see :mod:`medsegdiff_monai.networks.schedulers.respacing`):
+    Sampling is :class:`~medsegdiff_monai.networks.nets.DiffusionSegmenter`'s (the same module a bundle exports):
+    it uses the noise schedule, ``prediction_type`` and clipping of ``scheduler`` but never its ``step``, because
+    MONAI 1.6.1's DDPM/DDIM ``step`` go to the wrong noise level when fewer steps than training steps are used;
+    any MONAI scheduler, corrected (:class:`~medsegdiff_monai.networks.schedulers.RespacedDDIMScheduler`) or not,
+    samples correctly here. The visited timesteps are ``linspace(T - 1, 0, num_inference_steps).round()`` and each
+    update goes to the next visited level:
 
     - ``sampler="ddim"``: DDIM with ``eta`` (0: deterministic);
     - ``sampler="ddpm"``: respaced ancestral DDPM, the posterior ``q(x_s | x_t, x0)`` with
@@ -71,8 +64,9 @@ class DiffusionSegInferer(Inferer):
     ``inferer(image, network)`` returns the entry selected by ``output`` (default ``prob``), so the inferer drops
     into :class:`monai.engines.SupervisedEvaluator` and :class:`monai.inferers.SliceInferer` (with
     ``network=lambda x: inferer(x, net)``); :meth:`segment` returns everything. Sampling runs under
-    ``torch.no_grad`` with the computation in float32 (network outputs are cast), no host synchronisation in the
-    step loop, and MetaTensor inputs give MetaTensor outputs carrying the input's metadata.
+    ``torch.no_grad`` with the sampler arithmetic in float32 (network outputs are cast; with ``autocast_dtype``
+    the network itself runs in bfloat16/float16), no host synchronisation in the step loop, and MetaTensor inputs
+    give MetaTensor outputs carrying the input's metadata.
 
     With ``slice_axis`` set, a 3D volume (B, C_in, H, W, D) is segmented with a 2D network slice by slice along
     that spatial axis via :class:`monai.inferers.SliceInferer`, ``sw_batch_size`` slices x ``num_ensemble``
@@ -105,6 +99,8 @@ class DiffusionSegInferer(Inferer):
         mode: "crossattn" (image as ``context``) or "concat" (image concatenated after the noisy mask).
         slice_axis: None, or the spatial axis (0, 1, 2) of 3D inputs to slice for a 2D network.
         sw_batch_size: number of slices per network call in slice mode, >= 1.
+        autocast_dtype: None (float32), "bfloat16" or "float16": run the network under ``torch.autocast`` on the
+            input's device (bfloat16 pays on CPUs with AMX/AVX-512-bf16 and on GPUs; see ``benchmarks/``).
         progress: show a tqdm progress bar over the denoising steps.
 
     Raises:
@@ -129,23 +125,13 @@ class DiffusionSegInferer(Inferer):
         mode: str = "crossattn",
         slice_axis: int | None = None,
         sw_batch_size: int = 1,
+        autocast_dtype: str | None = None,
         progress: bool = False,
     ) -> None:
         super().__init__()
-        self.scheduler = scheduler if scheduler is not None else DDPMScheduler(num_train_timesteps=1000)
-        num_train = int(getattr(self.scheduler, "num_train_timesteps", 0))
-        if num_train < 1 or not hasattr(self.scheduler, "alphas_cumprod"):
-            raise ValueError("`scheduler` must be a MONAI Scheduler with `num_train_timesteps` and `alphas_cumprod`.")
-        if not 1 <= int(num_inference_steps) <= num_train:
-            raise ValueError(
-                f"`num_inference_steps` must be in [1, num_train_timesteps={num_train}], got {num_inference_steps}."
-            )
-        if sampler not in SAMPLERS:
-            raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {sampler!r}.")
-        if not eta >= 0:
-            raise ValueError(f"`eta` must be >= 0, got {eta}.")
-        if int(num_ensemble) < 1:
-            raise ValueError(f"`num_ensemble` must be >= 1, got {num_ensemble}.")
+        self.scheduler = check_sampling_args(
+            scheduler, num_inference_steps, sampler, eta, num_ensemble, mode, autocast_dtype
+        )
         if not 0.0 < float(threshold) < 1.0:
             raise ValueError(f"`threshold` must be in (0, 1), got {threshold}.")
         if fusion not in FUSIONS:
@@ -158,17 +144,11 @@ class DiffusionSegInferer(Inferer):
             raise ValueError(f"`output` must be one of {OUTPUTS}, got {output!r}.")
         if out_channels is not None and int(out_channels) < 1:
             raise ValueError(f"`out_channels` must be >= 1 or None, got {out_channels}.")
-        if mode not in MODES:
-            raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}.")
         if slice_axis is not None and slice_axis not in (0, 1, 2):
             raise ValueError(f"`slice_axis` must be None, 0, 1 or 2, got {slice_axis!r}.")
         if int(sw_batch_size) < 1:
             raise ValueError(f"`sw_batch_size` must be >= 1, got {sw_batch_size}.")
-        prediction_type = getattr(self.scheduler, "prediction_type", "epsilon")
-        if prediction_type not in ("epsilon", "sample", "v_prediction"):
-            raise ValueError(f"`scheduler.prediction_type` {prediction_type!r} is not supported.")
-
-        self.num_train_timesteps = num_train
+        self.num_train_timesteps = int(self.scheduler.num_train_timesteps)
         self.num_inference_steps = int(num_inference_steps)
         self.sampler = sampler
         self.eta = 1.0 if sampler == "ddpm" else float(eta)
@@ -178,29 +158,25 @@ class DiffusionSegInferer(Inferer):
         self.uncertainty = uncertainty
         self.output = output
         self.seed = seed
-        self.prediction_type = str(prediction_type)
-        if clip_sample is None:
-            clip_sample = bool(getattr(self.scheduler, "clip_sample", True))
-        self.clip_sample = bool(clip_sample)
-        lo, hi = getattr(self.scheduler, "clip_sample_values", (-1.0, 1.0))
-        self.clip_range: tuple[float, float] | None = (float(lo), float(hi)) if self.clip_sample else None
+        self.clip_sample = clip_sample
         self.out_channels = None if out_channels is None else int(out_channels)
         self.mode = mode
         self.slice_axis = slice_axis
         self.sw_batch_size = int(sw_batch_size)
+        self.autocast_dtype = autocast_dtype
         self.progress = bool(progress)
 
     # ------------------------------------------------------------------------------------------------ public API
     def __call__(  # type: ignore[override]
-        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
+        self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any
     ) -> torch.Tensor | dict[str, torch.Tensor]:
         """Segment ``inputs`` and return the entry selected by ``output`` (default: probabilities).
 
         Args:
             inputs: images, (B, C_in, *spatial); (B, C_in, H, W, D) in slice mode.
             network: the diffusion model (see the class docstring for the call convention).
-            args: extra positional arguments for ``network``.
-            kwargs: extra keyword arguments for ``network``.
+            args: not supported (the network is called as ``network(x, timesteps=t, context=image)``).
+            kwargs: not supported.
 
         Returns:
             (B, C, *spatial) tensor (``output`` "prob", "mask" or "uncertainty") or the dict of :meth:`segment`.
@@ -208,34 +184,36 @@ class DiffusionSegInferer(Inferer):
         result = self.segment(inputs, network, *args, **kwargs)
         return result if self.output == "all" else result[self.output]
 
-    @torch.no_grad()
-    def segment(
-        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
-    ) -> dict[str, torch.Tensor]:
+    def segment(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         """Sample the ensemble and return every result.
 
         Args:
             inputs: images, (B, C_in, *spatial); (B, C_in, H, W, D) in slice mode.
             network: the diffusion model.
-            args: extra positional arguments for ``network``.
-            kwargs: extra keyword arguments for ``network``.
+            args: not supported.
+            kwargs: not supported.
 
         Returns:
             dict with "prob", "mask", "fused", "uncertainty" of shape (B, C, *spatial) and "samples" of shape
             (B, N, C, *spatial), all float32 in [0, 1] on the input's device.
         """
+        if args or kwargs:
+            raise ValueError(
+                "DiffusionSegInferer calls the network as network(x, timesteps=t, context=image); extra arguments "
+                f"from prepare_batch are not supported (got {len(args)} positional, keywords {sorted(kwargs)})."
+            )
         image = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         if not torch.is_floating_point(image):
             image = image.float()
         generator = None
         if self.seed is not None:
             generator = torch.Generator(device=image.device).manual_seed(int(self.seed))
-        n_ch = self._mask_channels(network)
+        segmenter = self.segmenter(network)
 
         if self.slice_axis is None:
-            samples = self.sample(image, network, n_ch, generator, *args, **kwargs)
+            samples = segmenter.sample(image, generator)
         else:
-            samples = self._sample_slices(image, network, n_ch, generator, *args, **kwargs)
+            samples = self._sample_slices(image, segmenter, generator)
 
         result = self._fuse(samples)
         if isinstance(inputs, MetaTensor):
@@ -243,15 +221,37 @@ class DiffusionSegInferer(Inferer):
                 result[key] = MetaTensor(result[key], meta=inputs.meta, applied_operations=inputs.applied_operations)
         return result
 
-    @torch.no_grad()
+    def segmenter(self, network: nn.Module, out_channels: int | None = None) -> DiffusionSegmenter:
+        """The :class:`~medsegdiff_monai.networks.nets.DiffusionSegmenter` that samples ``network`` with this
+        inferer's settings (e.g. to export it with ``torch.jit.script``).
+
+        Args:
+            network: the diffusion model.
+            out_channels: number of mask channels (default: the constructor's, else ``network.out_channels``).
+
+        Returns:
+            the sampler module (it shares ``network``'s parameters).
+        """
+        return DiffusionSegmenter(
+            network,
+            self.scheduler,
+            num_inference_steps=self.num_inference_steps,
+            sampler=self.sampler,
+            eta=self.eta,
+            num_ensemble=self.num_ensemble,
+            clip_sample=self.clip_sample,
+            out_channels=mask_channels(network, out_channels if out_channels is not None else self.out_channels),
+            mode=self.mode,
+            autocast_dtype=self.autocast_dtype,
+            progress=self.progress,
+        )
+
     def sample(
         self,
         image: torch.Tensor,
-        network: Callable[..., torch.Tensor],
+        network: nn.Module,
         out_channels: int | None = None,
         generator: torch.Generator | None = None,
-        *args: Any,
-        **kwargs: Any,
     ) -> torch.Tensor:
         """Ensemble member probabilities for a batch of images, all members in one network call per step.
 
@@ -260,87 +260,15 @@ class DiffusionSegInferer(Inferer):
             network: the diffusion model.
             out_channels: number of mask channels (default: from the network or the constructor).
             generator: random generator on ``image.device`` (None: global random state).
-            args: extra positional arguments for ``network``.
-            kwargs: extra keyword arguments for ``network``.
 
         Returns:
             (B, N, C, *spatial) float32 member probabilities ``clamp((x0 + 1) / 2, 0, 1)``.
         """
-        n_ch = self._mask_channels(network) if out_channels is None else int(out_channels)
-        b, n = image.shape[0], self.num_ensemble
-        spatial = tuple(image.shape[2:])
-        device = image.device
-        cond = image.repeat_interleave(n, dim=0) if n > 1 else image  # member m of image i at row i * n + m
-        x = torch.randn((b * n, n_ch) + spatial, generator=generator, device=device, dtype=torch.float32)
-
-        timesteps, a_t, c_x0, c_eps, sigma = self._coefficients(device)
-        steps = range(self.num_inference_steps)
-        if self.progress and has_tqdm:
-            steps = tqdm(steps, desc="diffusion steps", leave=False)
-        x0 = x
-        last = self.num_inference_steps - 1
-        for i in steps:
-            t = timesteps[i].expand(b * n)
-            if self.mode == "concat":
-                out = network(torch.cat([x, cond.to(x.dtype)], dim=1), *args, timesteps=t, context=None, **kwargs)
-            else:
-                out = network(x, *args, timesteps=t, context=cond, **kwargs)
-            out = self._check_output(out, n_ch).float()
-            x0, eps = predict_x0_and_eps(out, x, a_t[i], self.prediction_type, self.clip_range)
-            if i == last:
-                break  # the last update lands on the clean sample: use x0 itself
-            noise = None
-            if self.eta > 0:
-                noise = torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype)
-            x = ddim_update(x0, eps, c_x0[i], c_eps[i], sigma[i], noise)
-        probs = ((x0 + 1.0) / 2.0).clamp(0.0, 1.0)
-        return probs.reshape((b, n, n_ch) + spatial)
+        return self.segmenter(network, out_channels).sample(image, generator)
 
     # ---------------------------------------------------------------------------------------------- internals
-    def _coefficients(self, device: torch.device) -> tuple[torch.Tensor, ...]:
-        """Per-step tensors on ``device``, computed once per call: timesteps, a_t, and the DDIM coefficients."""
-        offset = int(getattr(self.scheduler, "steps_offset", 0) or 0)
-        timesteps = spaced_timesteps(self.num_train_timesteps, self.num_inference_steps, offset)
-        alphas = torch.as_tensor(self.scheduler.alphas_cumprod).detach().to("cpu", torch.float64)
-        final = torch.as_tensor(getattr(self.scheduler, "final_alpha_cumprod", 1.0)).to("cpu", torch.float64)
-        a_t = alphas[timesteps]
-        a_s = torch.cat([alphas[timesteps[1:]], final.reshape(1)])
-        c_x0, c_eps, sigma = ddim_coefficients(a_t, a_s, self.eta)
-        to = {"device": device, "dtype": torch.float32}
-        return timesteps.to(device), a_t.to(**to), c_x0.to(**to), c_eps.to(**to), sigma.to(**to)
-
-    def _mask_channels(self, network: Any) -> int:
-        if self.out_channels is not None:
-            return self.out_channels
-        for obj in (network, getattr(network, "module", None)):
-            n_ch = getattr(obj, "out_channels", None)
-            if isinstance(n_ch, int) and n_ch > 0:
-                return n_ch
-        raise ValueError(
-            "The number of mask channels is unknown: the network has no integer `out_channels` attribute, "
-            "so pass `out_channels` to DiffusionSegInferer."
-        )
-
-    @staticmethod
-    def _check_output(out: Any, n_ch: int) -> torch.Tensor:
-        if isinstance(out, Mapping) or isinstance(out, (tuple, list)):
-            raise ValueError("The network must return a single tensor.")
-        if isinstance(out, MetaTensor):
-            out = out.as_tensor()
-        if out.shape[1] == 2 * n_ch:  # learned-variance models: keep the mean prediction
-            out = out[:, :n_ch]
-        elif out.shape[1] != n_ch:
-            raise ValueError(f"The network returned {out.shape[1]} channels, expected out_channels={n_ch}.")
-        return out  # type: ignore[no-any-return]
-
     def _sample_slices(
-        self,
-        image: torch.Tensor,
-        network: Callable[..., torch.Tensor],
-        n_ch: int,
-        generator: torch.Generator | None,
-        *args: Any,
-        **kwargs: Any,
+        self, image: torch.Tensor, segmenter: DiffusionSegmenter, generator: torch.Generator | None
     ) -> torch.Tensor:
         """Slice mode: a 2D network over a 3D volume via MONAI's SliceInferer, slices x members batched."""
         if image.ndim != 5:
@@ -352,11 +280,11 @@ class DiffusionSegInferer(Inferer):
         slicer = SliceInferer(
             roi_size=roi, sw_batch_size=self.sw_batch_size, spatial_dim=self.slice_axis, overlap=0.0, mode="constant"
         )
-        n = self.num_ensemble
+        n, n_ch = self.num_ensemble, segmenter.out_channels
 
         def predictor(slices: torch.Tensor) -> torch.Tensor:
             # (S, C_in, h, w) -> (S, N * C, h, w): members flattened into channels for the merger
-            return self.sample(slices, network, n_ch, generator, *args, **kwargs).flatten(1, 2)
+            return segmenter.sample(slices, generator).flatten(1, 2)
 
         merged = slicer(image, predictor)
         assert isinstance(merged, torch.Tensor)

@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import torch
 
-from monai.networks.schedulers.ddpm import DDPMPredictionType
-
 __all__ = [
     "spaced_timesteps",
     "previous_timestep_table",
@@ -122,6 +120,9 @@ def predict_x0_and_eps(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted clean sample ``x0`` and noise ``eps`` from a network output at noise level ``a_t``.
 
+    Scriptable with ``torch.jit.script`` (it runs inside :class:`~medsegdiff_monai.networks.nets.DiffusionSegmenter`);
+    ``prediction_type`` is compared as a plain string (MONAI's ``DDPMPredictionType`` members are equal to them).
+
     When ``clip_range`` is given only ``x0`` is clamped; ``eps`` stays the one implied by the raw network output
     (as MONAI's and diffusers' DDIM do). Recomputing ``eps`` from the clamped ``x0`` (guided-diffusion's DDIM) is
     equivalent for a perfect model but was clearly worse with a briefly trained one (disc task of
@@ -142,18 +143,18 @@ def predict_x0_and_eps(
     """
     sqrt_a = alpha_prod_t.sqrt()
     sqrt_1ma = (1.0 - alpha_prod_t).sqrt()
-    if prediction_type == DDPMPredictionType.EPSILON:
+    if prediction_type == "epsilon":
         eps = model_output
         x0 = (sample - sqrt_1ma * eps) / sqrt_a
-    elif prediction_type == DDPMPredictionType.SAMPLE:
+    elif prediction_type == "sample":
         x0 = model_output
         eps = (sample - sqrt_a * x0) / sqrt_1ma
-    elif prediction_type == DDPMPredictionType.V_PREDICTION:
+    elif prediction_type == "v_prediction":
         x0 = sqrt_a * sample - sqrt_1ma * model_output
         eps = sqrt_a * model_output + sqrt_1ma * sample
     else:
         raise ValueError(
-            f"`prediction_type` must be one of 'epsilon', 'sample', 'v_prediction', got {prediction_type!r}."
+            "`prediction_type` must be one of 'epsilon', 'sample', 'v_prediction', got '" + prediction_type + "'."
         )
     if clip_range is not None:
         x0 = x0.clamp(clip_range[0], clip_range[1])
