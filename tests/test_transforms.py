@@ -17,6 +17,10 @@ from medsegdiff_monai.transforms import (
     CheckFinited,
     LabelToRegions,
     LabelToRegionsd,
+    RegionsToLabel,
+    RegionsToLabelD,
+    RegionsToLabelDict,
+    RegionsToLabeld,
     ReorderModalities,
     ReorderModalitiesd,
     SliceFgBgToIndicesd,
@@ -87,6 +91,71 @@ def test_label_to_regionsd_item_key_and_meta():
     assert out[:, :, 0, 0].tolist() == [[0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1]]
     with pytest.raises(DataError, match="label convention is unknown"):
         LabelToRegionsd(keys="label")({"label": lab, "case_id": "c1"})
+
+
+# --- RegionsToLabel -------------------------------------------------------------------------------------------------
+@parameterized.expand([("brats", [0, 1, 2, 4]), ("msd", [0, 1, 2, 3]), ("brats2023", [0, 1, 2, 3])])
+def test_regions_to_label_round_trip(convention, values):
+    rng = np.random.default_rng(len(convention))
+    lab = rng.choice(values, size=(1, 9, 7, 5)).astype(np.float32)
+    regions = LabelToRegions("wt_tc_et", convention)(lab)
+    back = RegionsToLabel("wt_tc_et", convention)(regions)
+    assert isinstance(back, np.ndarray) and back.dtype == np.uint8 and back.shape == lab.shape
+    assert np.array_equal(back, lab.astype(np.uint8))
+    # torch / MetaTensor in, same type out with the metadata kept; another channel order; another dtype
+    meta_lab = MetaTensor(torch.from_numpy(lab), affine=torch.diag(torch.tensor([-1.0, -1, 2, 1])))
+    masks = LabelToRegions(["et", "wt", "tc"], convention)(meta_lab)
+    back_t = RegionsToLabel(["et", "wt", "tc"], convention, dtype="int16")(masks)
+    assert isinstance(back_t, MetaTensor) and back_t.dtype == torch.int16
+    assert torch.equal(back_t.affine, meta_lab.affine)
+    assert torch.equal(back_t.as_tensor(), meta_lab.as_tensor().to(torch.int16))
+
+
+def test_regions_to_label_wt_is_binary():
+    lab = torch.tensor([0.0, 1, 2, 4]).reshape(1, 4, 1, 1)
+    wt = LabelToRegions("wt", "brats")(lab)
+    out = RegionsToLabel("wt")(wt)
+    assert out.dtype == torch.uint8 and out.flatten().tolist() == [0, 1, 1, 1]
+    assert RegionsToLabel("wt", convention=None, wt_value=255)(wt).flatten().tolist() == [0, 255, 255, 255]
+
+
+@parameterized.expand(
+    [
+        # probabilities (WT, TC, ET) per voxel -> label; the default threshold is 0.5, inclusive
+        ("brats", 0.5, [[0.1, 0.9, 0.9, 0.9, 0.5], [0.0, 0.2, 0.7, 0.8, 0.2], [0.0, 0.1, 0.3, 0.6, 0.49]],
+         [0, 2, 1, 4, 2]),
+        ("msd", 0.5, [[0.1, 0.9, 0.9, 0.9, 0.5], [0.0, 0.2, 0.7, 0.8, 0.2], [0.0, 0.1, 0.3, 0.6, 0.49]],
+         [0, 1, 2, 3, 1]),
+        ("brats", 0.05, [[0.1, 0.9, 0.9, 0.9, 0.5], [0.0, 0.2, 0.7, 0.8, 0.2], [0.0, 0.1, 0.3, 0.6, 0.49]],
+         [2, 4, 4, 4, 4]),
+        # not nested: ET alone counts as TC and WT, TC alone as WT
+        ("brats", 0.5, [[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 1]], [4, 1, 2, 4]),
+        ("brats2023", 0.5, [[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 1]], [3, 1, 2, 3]),
+        ("msd", 0.5, [[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 1]], [3, 2, 1, 3]),
+    ]
+)
+def test_regions_to_label_threshold_and_hierarchy(convention, threshold, regions, expected):
+    masks = torch.tensor(regions, dtype=torch.float32).reshape(3, -1, 1, 1)
+    out = RegionsToLabel("wt_tc_et", convention, threshold=threshold)(masks)
+    assert out.shape == (1, len(expected), 1, 1) and out.flatten().tolist() == expected
+
+
+def test_regions_to_labeld_conventions_and_errors():
+    masks = MetaTensor(torch.tensor([[0.0, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 1]]).reshape(3, 4, 1, 1),
+                       affine=torch.diag(torch.tensor([2.0, 2, 2, 1])))
+    xf = RegionsToLabeld(keys="pred", regions="wt_tc_et")
+    out = xf({"pred": masks, "label_convention": "/joined/path/msd", "case_id": "c1"})["pred"]  # the item's convention
+    assert isinstance(out, MetaTensor) and out.flatten().tolist() == [0, 1, 2, 3]
+    assert torch.equal(out.affine, masks.affine)
+    forced = RegionsToLabeld(keys="pred", regions="wt_tc_et", convention="brats", convention_key=None)
+    assert forced({"pred": masks, "label_convention": "msd"})["pred"].flatten().tolist() == [0, 2, 1, 4]
+    with pytest.raises(DataError, match="case c1: the label convention of the output is unknown"):
+        xf({"pred": masks, "case_id": "c1"})
+    with pytest.raises(DataError, match=r"case c1: expected 3 region channel\(s\) \['wt', 'tc', 'et'\]"):
+        xf({"pred": masks[:1], "case_id": "c1", "label_convention": "brats"})
+    with pytest.raises(ValueError, match="other region sets do not determine"):
+        RegionsToLabeld(keys="pred", regions=["wt", "et"])
+    assert RegionsToLabelD is RegionsToLabelDict is RegionsToLabeld
 
 
 # --- ReorderModalities ----------------------------------------------------------------------------------------------

@@ -1,10 +1,10 @@
 # Copyright (c) medsegdiff-monai contributors
 # Licensed under the Apache License, Version 2.0
-"""BraTS / MSD data transforms: file checks, modality order, label regions, slice sampling, ready pipelines."""
+"""BraTS / MSD data transforms: file checks, modality order, label regions, slice sampling, PNG overlays, pipelines."""
 
 from __future__ import annotations
 
-from .array import CheckFinite, LabelToRegions, ReorderModalities, resolve_dtype
+from .array import CheckFinite, LabelToRegions, RegionsToLabel, ReorderModalities, resolve_dtype
 from .dictionary import (
     CheckFiniteD,
     CheckFiniteDict,
@@ -15,6 +15,9 @@ from .dictionary import (
     LabelToRegionsD,
     LabelToRegionsDict,
     LabelToRegionsd,
+    RegionsToLabelD,
+    RegionsToLabelDict,
+    RegionsToLabeld,
     ReorderModalitiesD,
     ReorderModalitiesDict,
     ReorderModalitiesd,
@@ -23,11 +26,13 @@ from .dictionary import (
     SliceFgBgToIndicesd,
     case_name,
 )
+from .overlay import SaveOverlayD, SaveOverlayDict, SaveOverlayd, overlay_file_stem, select_slices
 from .pipelines import get_eval_transforms, get_inference_transforms, get_train_transforms
 
 __all__ = [
     "CheckFinite",
     "LabelToRegions",
+    "RegionsToLabel",
     "ReorderModalities",
     "resolve_dtype",
     "CheckFinited",
@@ -39,12 +44,20 @@ __all__ = [
     "LabelToRegionsd",
     "LabelToRegionsD",
     "LabelToRegionsDict",
+    "RegionsToLabeld",
+    "RegionsToLabelD",
+    "RegionsToLabelDict",
     "ReorderModalitiesd",
     "ReorderModalitiesD",
     "ReorderModalitiesDict",
     "SliceFgBgToIndicesd",
     "SliceFgBgToIndicesD",
     "SliceFgBgToIndicesDict",
+    "SaveOverlayd",
+    "SaveOverlayD",
+    "SaveOverlayDict",
+    "select_slices",
+    "overlay_file_stem",
     "case_name",
     "get_eval_transforms",
     "get_inference_transforms",

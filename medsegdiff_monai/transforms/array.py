@@ -9,6 +9,8 @@
   1 = edema, 2 = non-enhancing), has no single-channel whole-tumour mode (the paper's task) and silently ignores
   values outside the convention. This one gives WT, TC, ET (the BraTS scoring order) or WT alone, for the BraTS,
   MSD and BraTS 2023 conventions, and rejects unexpected values.
+- :class:`RegionsToLabel`: the inverse of :class:`LabelToRegions`, for writing predictions as label maps in a
+  convention (BraTS submissions: 0/1/2/4). MONAI has no transform that builds a label map from nested regions.
 - :class:`CheckFinite`: raises on NaN/inf intensities, which otherwise turn the loss into NaN.
 """
 
@@ -32,7 +34,7 @@ from ..data.conventions import (
     region_names,
 )
 
-__all__ = ["ReorderModalities", "LabelToRegions", "CheckFinite", "resolve_dtype"]
+__all__ = ["ReorderModalities", "LabelToRegions", "RegionsToLabel", "CheckFinite", "resolve_dtype"]
 
 
 def resolve_dtype(dtype: str | torch.dtype | np.dtype | type | None) -> torch.dtype | None:
@@ -169,6 +171,100 @@ class LabelToRegions(Transform):
                 )
         out = torch.stack([_in_values(lab, region_label_values(conv, r)) for r in self.regions]).to(self.dtype)
         return convert_to_dst_type(out, img, dtype=self.dtype)[0]
+
+
+class RegionsToLabel(Transform):
+    """Convert region masks (WT, or WT, TC, ET) back to a label map in a convention; the inverse of LabelToRegions.
+
+    Use it to write predictions the way the BraTS challenges expect them (one label map, 0/1/2/4). The input may
+    hold probabilities: every channel is thresholded first (``>= threshold``, as ``monai.transforms.AsDiscrete``).
+
+    - ``regions="wt_tc_et"`` (3 channels, in the order given by ``regions``): the regions are nested, ET inside
+      TC inside WT. A prediction that is not nested is resolved by that hierarchy: a voxel in ET counts as TC and
+      WT, a voxel in TC counts as WT. Then ET gets the convention's enhancing label, TC minus ET the necrotic /
+      non-enhancing core label and WT minus TC the edema label:
+
+      =============  ==  ===========  ===========
+      convention     ET  TC minus ET  WT minus TC
+      =============  ==  ===========  ===========
+      ``brats``      4   1            2
+      ``msd``        3   2            1
+      ``brats2023``  3   1            2
+      =============  ==  ===========  ===========
+
+    - ``regions="wt"`` (1 channel, the paper's binary task): a whole-tumour prediction has no sub-regions, so the
+      output is a binary mask, ``wt_value`` (1) inside the tumour and 0 outside, whatever the convention. Note that
+      1 is not "whole tumour" in any BraTS convention (it is the necrotic core in ``brats``, edema in ``msd``);
+      the file is a binary WT mask, not a challenge label map.
+
+    ``LabelToRegions(regions, convention)`` followed by ``RegionsToLabel(regions, convention)`` gives back the
+    original label map for ``"wt_tc_et"``, and the binary whole-tumour mask for ``"wt"``.
+
+    Args:
+        regions: ``"wt"`` (1 channel) or ``"wt_tc_et"`` (3 channels); a list naming ``"wt"``, ``"tc"`` and ``"et"``
+            once each gives another channel order.
+        convention: the label convention of the output (``"brats"``, ``"msd"``, ``"brats2023"``), or None to give
+            it at call time. Not needed for ``"wt"``.
+        threshold: a channel value ``>= threshold`` is inside the region (probabilities or binary masks).
+        dtype: output dtype (default ``uint8``, what BraTS label files use).
+        wt_value: the value written inside the whole tumour in the ``"wt"`` mode.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, regions: str | Sequence[str] = "wt", convention: str | None = "brats", threshold: float = 0.5,
+                 dtype: str | torch.dtype = "uint8", wt_value: int = 1) -> None:
+        self.regions = region_names(regions)
+        if sorted(self.regions) not in (["wt"], ["et", "tc", "wt"]):
+            raise ValueError(
+                f"RegionsToLabel needs the regions 'wt' or 'wt_tc_et' (WT, TC and ET once each, any order), got "
+                f"{list(self.regions)}: other region sets do not determine the label of every voxel."
+            )
+        self.convention = convention
+        if convention is not None:
+            allowed_label_values(convention)  # validates the name
+        self.threshold = float(threshold)
+        self.dtype = resolve_dtype(dtype)
+        self.wt_value = int(wt_value)
+
+    def __call__(self, img: NdarrayOrTensor, convention: str | None = None, case: str | None = None) -> NdarrayOrTensor:
+        """
+        Args:
+            img: region masks or probabilities, shape (R, H, W[, D]), R = number of regions (1 or 3).
+            convention: overrides the constructor's convention.
+            case: a case name for error messages.
+
+        Returns:
+            the label map, shape (1, H, W[, D]), same type (and MONAI metadata) as ``img``, dtype ``dtype``.
+        """
+        if img.ndim < 2 or img.shape[0] != len(self.regions):
+            raise DataError(
+                f"{_prefix(case)}expected {len(self.regions)} region channel(s) {list(self.regions)} first, got "
+                f"shape {tuple(img.shape)}."
+            )
+        masks = convert_to_tensor(img, track_meta=False)
+        masks = masks >= self.threshold if masks.dtype != torch.bool else masks
+        if self.regions == ("wt",):
+            out = masks[:1].to(torch.int64) * self.wt_value
+            return convert_to_dst_type(out, img, dtype=self.dtype)[0]
+        conv = item_value(convention) if convention is not None else self.convention
+        if conv is None:
+            raise DataError(f"{_prefix(case)}the label convention of the output is unknown; set convention or give "
+                            "the item a 'label_convention' ('brats', 'msd' or 'brats2023').")
+        conv = str(conv).lower()
+        label_of = {}
+        for region, inner in (("et", None), ("tc", "et"), ("wt", "tc")):
+            # the one label value of the region that its inner region does not hold
+            values = set(region_label_values(conv, region))
+            label_of[region] = (values - set(region_label_values(conv, inner)) if inner else values).pop()
+        et = masks[self.regions.index("et")]
+        tc = masks[self.regions.index("tc")] | et  # the hierarchy resolves non-nested predictions
+        wt = masks[self.regions.index("wt")] | tc
+        out = torch.zeros(et.shape, dtype=torch.int64, device=et.device)
+        out[wt] = label_of["wt"]
+        out[tc] = label_of["tc"]
+        out[et] = label_of["et"]
+        return convert_to_dst_type(out[None], img, dtype=self.dtype)[0]
 
 
 class CheckFinite(Transform):

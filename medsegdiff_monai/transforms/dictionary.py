@@ -21,7 +21,7 @@ from monai.transforms import MapTransform
 
 from ..data.conventions import MODALITIES, DataError, item_value, parse_modality_order
 from ..data.nifti import case_file_problems
-from .array import CheckFinite, LabelToRegions, ReorderModalities
+from .array import CheckFinite, LabelToRegions, RegionsToLabel, ReorderModalities
 
 __all__ = [
     "CheckInputFilesd",
@@ -36,6 +36,9 @@ __all__ = [
     "LabelToRegionsd",
     "LabelToRegionsD",
     "LabelToRegionsDict",
+    "RegionsToLabeld",
+    "RegionsToLabelD",
+    "RegionsToLabelDict",
     "SliceFgBgToIndicesd",
     "SliceFgBgToIndicesD",
     "SliceFgBgToIndicesDict",
@@ -203,6 +206,47 @@ class LabelToRegionsd(MapTransform):
         return d
 
 
+class RegionsToLabeld(MapTransform):
+    """Convert region masks or probabilities (WT, or WT, TC, ET) to one label map, e.g. to save predictions.
+
+    The inverse of :class:`LabelToRegionsd`: with ``"wt_tc_et"`` ET gets the convention's enhancing label, TC minus
+    ET the core label and WT minus TC the edema label (BraTS 4/1/2, MSD 3/2/1, BraTS 2023 3/1/2); with ``"wt"``
+    the output is a binary whole-tumour mask (1 inside). Channels are thresholded first, and non-nested predictions
+    are resolved by the hierarchy ET in TC in WT. See :class:`~medsegdiff_monai.transforms.RegionsToLabel`.
+
+    The convention comes from the item (``data[convention_key]``, so predictions are written in the convention of
+    the dataset they were made for), else from ``convention``. Set ``convention_key=None`` to always write
+    ``convention`` (e.g. ``"brats"`` for a BraTS submission). Outputs keep the input's MONAI metadata, so
+    ``SaveImaged`` writes them with the original affine.
+
+    Args:
+        keys: prediction keys, shape (R, H, W[, D]).
+        regions: ``"wt"`` or ``"wt_tc_et"`` (or a list naming WT, TC and ET once each: their channel order).
+        convention: the convention when the item has none (None: items must say; not needed for ``"wt"``).
+        convention_key: item key holding the convention; None to ignore items.
+        threshold: a channel value ``>= threshold`` is inside the region.
+        dtype: output dtype.
+        case_key: item key of the case name used in messages.
+        allow_missing_keys: skip absent keys.
+    """
+
+    def __init__(self, keys: KeysCollection = "pred", regions: str | Sequence[str] = "wt",
+                 convention: str | None = None, convention_key: str | None = "label_convention",
+                 threshold: float = 0.5, dtype: str | torch.dtype = "uint8", case_key: str | None = "case_id",
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = RegionsToLabel(regions, convention, threshold, dtype)
+        self.convention_key = convention_key
+        self.case_key = case_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        conv = d.get(self.convention_key) if self.convention_key else None
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key], convention=conv, case=case_name(d, self.case_key, key))
+        return d
+
+
 class SliceFgBgToIndicesd(MapTransform):
     """Per-slice foreground/background indices for ``RandCropByPosNegLabeld`` with ``spatial_size=(-1, -1, 1)``.
 
@@ -257,4 +301,5 @@ CheckInputFilesD = CheckInputFilesDict = CheckInputFilesd
 CheckFiniteD = CheckFiniteDict = CheckFinited
 ReorderModalitiesD = ReorderModalitiesDict = ReorderModalitiesd
 LabelToRegionsD = LabelToRegionsDict = LabelToRegionsd
+RegionsToLabelD = RegionsToLabelDict = RegionsToLabeld
 SliceFgBgToIndicesD = SliceFgBgToIndicesDict = SliceFgBgToIndicesd
