@@ -105,11 +105,93 @@ class Commands:
             raise CommandError(f"{len(bad)} of {len(report)} case(s) in {data_dir} have problems: "
                                f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
 
-    # ------------------------------------------------------------------------------------------------------------
-    # predict: RESERVED for the lead. It will run the bundle's inference config
-    # (python -m monai.bundle run --config_file bundle/configs/inference.json ...) on a folder or datalist.
-    # Add it here as `def predict(self, ...)`; main() already maps CommandError/DataError to exit status 1.
-    # ------------------------------------------------------------------------------------------------------------
+    def predict(
+        self,
+        input_dir: str,
+        output_dir: str,
+        bundle_dir: str | None = None,
+        ckpt_path: str | None = None,
+        configs: Sequence[str] | str = (),
+        layout: str = "auto",
+        device: str | None = None,
+        overwrite: bool = False,
+        sampler: str | None = None,
+        num_inference_steps: int | None = None,
+        num_ensemble: int | None = None,
+        amp_dtype: str | None = None,
+    ) -> None:
+        """Segment every case of a BraTS or MSD folder (labels not needed) with the bundle's inference.json.
+
+        Writes ``<case>_seg.nii.gz`` per case into OUTPUT_DIR, in the geometry (shape, affine) of the case's
+        images. Existing predictions are never replaced unless --overwrite.
+
+        Args:
+            input_dir: the folder of cases (BraTS 2020/2021 case folders, or MSD Task01 imagesTr/imagesTs).
+            output_dir: where to write the predictions.
+            bundle_dir: the bundle folder (default: the bundle/ folder next to this package in a source checkout).
+            ckpt_path: the weights (default: BUNDLE_DIR/models/model.pt).
+            configs: config files merged after inference.json, e.g. bundle/configs/demo.json for a model trained
+                with the demo overlay (its preset and image size).
+            layout: auto, brats2021, brats2020, brats or msd.
+            device: e.g. cpu or cuda:0 (default: cuda:0 if available, else cpu).
+            overwrite: replace existing predictions.
+            sampler: ddim or ddpm (default: the bundle's).
+            num_inference_steps: denoising steps (default: the bundle's).
+            num_ensemble: ensemble members per slice (default: the bundle's).
+            amp_dtype: bfloat16 or float16 to run the network under autocast (default: the bundle's, float32).
+        """
+        import torch
+        from monai.bundle import ConfigWorkflow
+
+        from .data import find_cases
+
+        overrides = {"sampler": sampler, "num_inference_steps": num_inference_steps, "num_ensemble": num_ensemble,
+                     "amp_dtype": amp_dtype}
+        bundle = _bundle_dir(bundle_dir)
+        ckpt = os.path.abspath(ckpt_path) if ckpt_path else os.path.join(bundle, "models", "model.pt")
+        if not os.path.isfile(ckpt):
+            raise CommandError(f"no model weights at {ckpt}: train the bundle first or pass --ckpt_path")
+        extra = [configs] if isinstance(configs, str) else list(configs)
+        for path in extra:
+            if not os.path.isfile(path):
+                raise CommandError(f"--configs: no such config file {path}")
+        cases = find_cases(input_dir, layout=layout)  # DataError names the folder / case on bad input
+        out = os.path.abspath(output_dir)
+        existing = [c["case_id"] for c in cases if os.path.exists(os.path.join(out, f"{c['case_id']}_seg.nii.gz"))]
+        if existing and not overwrite:
+            raise CommandError(
+                f"{len(existing)} prediction(s) already in {out} (e.g. {existing[0]}_seg.nii.gz); "
+                "pass --overwrite to replace them or choose another OUTPUT_DIR"
+            )
+        if os.path.abspath(input_dir) == out:
+            raise CommandError("OUTPUT_DIR must not be INPUT_DIR: input files are never written over")
+        workflow = ConfigWorkflow(
+            config_file=[os.path.join(bundle, "configs", "inference.json"), *extra],
+            meta_file=os.path.join(bundle, "configs", "metadata.json"),
+            workflow_type="infer",
+            bundle_root=bundle,
+            datalist=cases,
+            output_dir=out,
+            ckpt_path=ckpt,
+            **({"device": torch.device(device)} if device else {}),
+            **{k: v for k, v in overrides.items() if v is not None},
+        )
+        workflow.initialize()
+        workflow.run()
+        workflow.finalize()
+        print(f"wrote {len(cases)} prediction(s) to {out}")
+
+
+def _bundle_dir(bundle_dir: str | None) -> str:
+    """The bundle folder: the argument, or bundle/ next to the package in a source checkout."""
+    if bundle_dir is None:
+        bundle_dir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bundle")
+        if not os.path.isdir(bundle_dir):
+            raise CommandError("no bundle/ next to the package (installed from a wheel?): pass --bundle_dir")
+    bundle_dir = os.path.abspath(bundle_dir)
+    if not os.path.isfile(os.path.join(bundle_dir, "configs", "inference.json")):
+        raise CommandError(f"--bundle_dir {bundle_dir} is not a bundle: configs/inference.json is missing")
+    return bundle_dir
 
 
 def _shape(shape: Sequence[int] | int | str) -> tuple[int, ...]:

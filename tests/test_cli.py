@@ -11,7 +11,7 @@ import pytest
 from monai.data import load_decathlon_datalist
 from medsegdiff_monai.__main__ import main
 
-COMMANDS = ("make_demo_data", "make_datalist", "check_data")
+COMMANDS = ("make_demo_data", "make_datalist", "check_data", "predict")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -33,6 +33,7 @@ def test_module_help_lists_commands():
     ("make_demo_data", ["OUTPUT_DIR", "--num_cases", "--seed", "--overwrite"]),
     ("make_datalist", ["DATA_DIR", "OUTPUT_JSON", "--val_fraction", "--test_fraction", "--seed", "--layout"]),
     ("check_data", ["DATA_DIR", "--quick"]),
+    ("predict", ["INPUT_DIR", "OUTPUT_DIR", "--bundle_dir", "--ckpt_path", "--configs", "--overwrite"]),
 ])
 def test_command_help(capsys, command, words):
     assert main([command, "--help"]) == 0
@@ -120,3 +121,37 @@ def test_refuses_to_overwrite_demo_data(tmp_path):
     code, _, err = _run_in_process(["make_demo_data", str(tmp_path), "--num_cases", "1", "--shape", "16,16,8"])
     assert code == 1 and "already exists" in err
     assert main(["make_demo_data", str(tmp_path), "--num_cases", "1", "--shape", "16,16,8", "--overwrite"]) == 0
+
+
+def _bundle_without_weights(tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(os.path.join(os.path.dirname(__file__), "..", "bundle", "configs"), bundle / "configs")
+    (bundle / "models").mkdir()
+    return bundle
+
+
+def test_predict_refuses_bad_input_before_any_work(tmp_path, capsys):
+    from medsegdiff_monai.data import make_demo_data
+
+    bundle = _bundle_without_weights(tmp_path)
+    cases, out = tmp_path / "cases", tmp_path / "out"
+    make_demo_data(cases, num_cases=1, shape=(32, 32, 16))
+    # no weights yet
+    assert main(["predict", str(cases), str(out), "--bundle_dir", str(bundle)]) == 1
+    assert "no model weights" in capsys.readouterr().err
+    # not a bundle
+    assert main(["predict", str(cases), str(out), "--bundle_dir", str(tmp_path)]) == 1
+    assert "configs/inference.json is missing" in capsys.readouterr().err
+    # weights present, but the input folder holds no case
+    (bundle / "models" / "model.pt").write_bytes(b"")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["predict", str(empty), str(out), "--bundle_dir", str(bundle)]) == 1
+    assert str(empty) in capsys.readouterr().err
+    # an existing prediction is never written over
+    out.mkdir()
+    (out / "BraTS2021_00000_seg.nii.gz").write_bytes(b"keep")
+    assert main(["predict", str(cases), str(out), "--bundle_dir", str(bundle)]) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "BraTS2021_00000_seg.nii.gz").read_bytes() == b"keep"
+    assert not os.path.exists(out / "BraTS2021_00001_seg.nii.gz")

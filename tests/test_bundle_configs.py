@@ -1,0 +1,149 @@
+# Copyright (c) medsegdiff-monai contributors
+# Licensed under the Apache License, Version 2.0
+"""The bundle's static checks: metadata schema and model-zoo rules, config parsing, formatting, file sizes."""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from monai.bundle import ConfigParser
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundle"
+CONFIGS = BUNDLE / "configs"
+SCHEMA = Path(__file__).parent / "data" / "meta_schema_20240725.json"  # the model zoo's schema, byte-identical
+SCHEMA_MD5 = "06954cad2cc5d3784e72077ac76f0fc8"
+ZOO_SCHEMA_URL = (
+    "https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/meta_schema_20240725.json"
+)
+JSON_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.json"))
+REQUIRED = {"metadata.json", "train.json", "evaluate.json", "inference.json", "multi_gpu_train.json", "demo.json"}
+
+
+def test_bundle_has_the_model_zoo_files():
+    assert REQUIRED <= set(JSON_CONFIGS)
+    for rel in ("configs/logging.conf", "docs/README.md", "docs/data_license.txt", "LICENSE", "models"):
+        assert (BUNDLE / rel).exists(), rel
+
+
+def test_metadata_validates_against_the_zoo_schema():
+    assert hashlib.md5(SCHEMA.read_bytes()).hexdigest() == SCHEMA_MD5
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["schema"] == ZOO_SCHEMA_URL
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads(SCHEMA.read_text())
+    errors = sorted(str(e) for e in jsonschema.Draft201909Validator(schema).iter_errors(meta))
+    assert not errors, errors
+    # and MONAI's own command, as the model zoo's CI runs it
+    out = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", str(CONFIGS / "metadata.json"),
+         "--filepath", str(SCHEMA)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "metadata is verified with no error" in out.stdout + out.stderr
+
+
+def test_metadata_follows_the_zoo_rules():
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    assert meta["name"]
+    for key in ("monai_version", "pytorch_version", "numpy_version"):
+        assert all(c.isdigit() or c == "." for c in meta[key]), f"{key} must be an exact version: {meta[key]}"
+    for pkg, ver in meta["required_packages_version"].items():
+        assert all(c.isdigit() or c == "." for c in ver), f"{pkg}: {ver}"
+    fmt = meta["network_data_format"]
+    assert set(fmt["inputs"]) == {"image"} and set(fmt["outputs"]) == {"pred"}
+    # the inputs of the default preset ("B": 5 downsamplings) must be multiples of 32
+    assert fmt["inputs"]["image"]["spatial_shape"] == ["32*n", "32*n"]
+
+
+@pytest.mark.parametrize("name", JSON_CONFIGS)
+def test_configs_are_4_space_json_without_duplicate_keys(name, monkeypatch):
+    text = (CONFIGS / name).read_text()
+    assert text == json.dumps(json.loads(text), indent=4) + "\n", f"{name}: not 4-space formatted JSON"
+    monkeypatch.setenv("MONAI_FAIL_ON_DUPLICATE_CONFIG", "1")
+    ConfigParser.load_config_file(CONFIGS / name)
+
+
+def test_duplicate_keys_are_caught(tmp_path, monkeypatch):
+    """The check above can fail: MONAI rejects a duplicated key under MONAI_FAIL_ON_DUPLICATE_CONFIG=1."""
+    bad = tmp_path / "bad.json"
+    bad.write_text('{\n    "a": 1,\n    "a": 2\n}\n')
+    monkeypatch.setenv("MONAI_FAIL_ON_DUPLICATE_CONFIG", "1")
+    with pytest.raises(ValueError, match="Duplicate key"):
+        ConfigParser.load_config_file(bad)
+
+
+def test_logging_conf_uses_standard_handlers_only():
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read(CONFIGS / "logging.conf")
+    for section in conf.sections():
+        if section.startswith("handler_"):
+            assert conf[section]["class"].split(".")[0] in ("StreamHandler", "FileHandler", "logging"), section
+
+
+def test_no_bundle_file_over_25_mb():
+    for root, _, files in os.walk(BUNDLE):
+        for f in files:
+            path = Path(root) / f
+            assert path.stat().st_size < 25 * 1024**2, path
+
+
+@pytest.mark.parametrize(
+    "files, ids",
+    [
+        (["train.json"], ["network_def", "train#preprocessing", "validate#preprocessing", "train#inferer",
+                          "validate#inferer", "train#prepare_batch", "optimizer", "lr_scheduler", "loss"]),
+        (["train.json", "demo.json"], ["network_def", "lr_scheduler"]),
+        (["train.json", "evaluate.json"], ["validate#preprocessing", "validate#postprocessing",
+                                           "validate#key_metric", "validate#additional_metrics"]),
+        (["inference.json"], ["network_def", "preprocessing", "postprocessing", "inferer"]),
+    ],
+)
+def test_config_components_instantiate(files, ids, tmp_path):
+    """Every component of the configs builds (no data needed): catches wrong targets and argument names."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / f) for f in files])
+    parser["bundle_root"] = str(tmp_path)
+    parser.parse()
+    for id_ in ids:
+        assert parser.get_parsed_content(id_) is not None, id_
+
+
+def test_inference_network_def_is_an_image_to_segmentation_module():
+    """``network_def`` of inference.json maps an image batch to probabilities (what verify_net_in_out checks)."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    parser.update({"bundle_root": str(BUNDLE), "num_ensemble": 2, "num_inference_steps": 2})
+    net = parser.get_parsed_content("network_def")
+    torch.manual_seed(0)
+    out = net(torch.randn(1, 4, 32, 32))
+    assert out.shape == (1, 1, 32, 32) and out.dtype == torch.float32
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    train = ConfigParser()
+    train.read_config(str(CONFIGS / "train.json"))
+    train["bundle_root"] = str(BUNDLE)
+    # the checkpoint the training writes (model.pt: the bare MedSegDiffUNet) loads into network_def unchanged
+    net.load_state_dict(train.get_parsed_content("network_def").state_dict())
+
+
+def test_verify_net_in_out():
+    """MONAI's own check of the network's input/output against metadata.json (n=1: 32x32, the "B" preset)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "verify_net_in_out", "network_def",
+         "--meta_file", str(CONFIGS / "metadata.json"), "--config_file", str(CONFIGS / "inference.json"),
+         "--num_ensemble", "2", "--num_inference_steps", "2"],
+        capture_output=True, text=True, timeout=600, cwd=REPO,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "data shape of network is verified with no error" in out.stdout + out.stderr
