@@ -7,8 +7,8 @@ Measured for every model, input size and setting, each in a fresh process:
 - training step: ``SegDiffusionPrepareBatch`` (noise, timesteps) -> ``AutocastDiffusionInferer`` (noise the mask with
   the scheduler, call the network with the image as condition) -> ``MSELoss`` against the noise -> ``backward`` ->
   ``torch.optim.AdamW.step``, in the order of ``monai.engines.SupervisedTrainer``; batch 2;
-- sampling: ``DiffusionSegmenter`` segmenting ONE slice with the whole ensemble (5 members) batched, DDIM, 10 steps
-  by default; the time per step is reported too (other step counts scale linearly);
+- sampling: ``DiffusionSegmenter`` segmenting ONE slice with the whole ensemble (5 members) batched, with the
+  bundle's default sampler (5 DDPM steps; ``--sampler``, ``--steps``); the time per step is reported too (other step counts scale linearly);
 - peak memory: growth of the process's resident set over the measurement (see ``MEMORY_NOTE``).
 
 Models: the MedSegDiffUNet presets XS, S, B (dual encoder, image as ``context``) and, as the baseline, MONAI's
@@ -122,7 +122,7 @@ TASKS = ("train", "sample")
 # targets on a 2-core machine, for the best measured setting of preset "B" at 256x256
 TARGETS: dict[str, dict[str, Any]] = {
     "train": {"model": "B", "size": 256, "limit_s": 5.0, "what": "training step, batch 2"},
-    "sample": {"model": "B", "size": 256, "limit_s": 10.0, "what": "one slice, 5-member ensemble, 10 DDIM steps"},
+    "sample": {"model": "B", "size": 256, "limit_s": 10.0, "what": "one slice, 5-member ensemble, the bundle's sampler"},
 }
 LOAD_WARNING_THRESHOLD = 0.5  # 1-min load average before the run
 OTHER_LOAD_THRESHOLD = 0.1  # share of the machine's CPU time other processes used during the timed calls
@@ -384,7 +384,7 @@ def _sample_setup(cfg: dict[str, Any]) -> tuple[Callable[[], Any], Callable[[], 
             net,
             RespacedDDPMScheduler(NUM_TRAIN_TIMESTEPS),
             num_inference_steps=steps,
-            sampler="ddim",
+            sampler=cfg["sampler"],
             num_ensemble=cfg["ensemble"],
             out_channels=OUT_CHANNELS,
             mode=mode,
@@ -424,7 +424,7 @@ def measure(cfg: dict[str, Any]) -> dict[str, Any]:
         "warmup_s": [round(t, 4) for t in warm_times],
     }
     if cfg["task"] == "sample":
-        record.update(steps=cfg["steps"], ensemble=cfg["ensemble"], per_step_s=round(median / cfg["steps"], 4))
+        record.update(steps=cfg["steps"], sampler=cfg["sampler"], ensemble=cfg["ensemble"], per_step_s=round(median / cfg["steps"], 4))
     else:
         record["batch"] = cfg["train_batch"]
     if cfg["extra"] == "compile" and warm_times:
@@ -589,6 +589,8 @@ def check_targets(results: list[dict[str, Any]], stand_in: tuple[str, int] | Non
             best = min(cands, key=lambda r: r["median_s"])
             entry.update(best_label=best["label"], best_s=best["median_s"], met=best["median_s"] <= target["limit_s"])
             entry["all_s"] = {r["label"]: r["median_s"] for r in cands}
+            if task == "sample":
+                entry["what"] += f" ({best['steps']} {best['sampler'].upper()} steps)"
         out.append(entry)
     return out
 
@@ -668,7 +670,7 @@ def to_markdown(report: dict[str, Any]) -> str:
             lines += ["", f"## Training step, batch {s['train_batch']}: seconds (median of {s['repeats_train']})"]
             lines += ["", "Cell: median time (ours / baseline in the same setting)."]
         else:
-            lines += ["", f"## Sampling one slice, {s['ensemble']} members batched, {s['steps']} DDIM steps: seconds "
+            lines += ["", f"## Sampling one slice, {s['ensemble']} members batched, {s['steps']} {s.get('sampler', 'ddim').upper()} steps: seconds "
                       f"(median of {s['repeats_sample']})"]
             lines += ["", "Cell: median time (ours / baseline in the same setting) [time per denoising step]."]
         for size in s["sizes"]:
@@ -750,7 +752,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"`torch.optim.AdamW.step`, the order of `SupervisedTrainer`; batch {s['train_batch']}; {s['warmup_train']} "
         f"warm-up step(s) (the first allocates the AdamW state), then {s['repeats_train']} timed steps.",
         f"- Sampling: `DiffusionSegmenter(network, RespacedDDPMScheduler(1000), num_inference_steps={s['steps']}, "
-        f"sampler=\"ddim\", num_ensemble={s['ensemble']})` on one (1, {IN_CHANNELS}, H, W) image, all members in one "
+        f"sampler=\"{s.get('sampler', 'ddim')}\", num_ensemble={s['ensemble']})` on one (1, {IN_CHANNELS}, H, W) image, all members in one "
         f"network call per step; {s['warmup_sample']} warm-up call(s) of min(2, steps) steps, then "
         f"{s['repeats_sample']} timed calls. Time per step = median / steps: other step counts scale linearly.",
         "- Settings: fp32 = float32; bf16 = `torch.autocast(\"cpu\", dtype=torch.bfloat16)` around the network "
@@ -809,7 +811,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="what to measure (default both)")
     parser.add_argument("--compile", action="store_true", help="also measure each setting with torch.compile")
     parser.add_argument("--malloc-tuned", action="store_true", help="also measure each setting with mallopt tuning")
-    parser.add_argument("--steps", type=int, default=10, help="DDIM steps of the sampling measurement (default 10)")
+    parser.add_argument("--steps", type=int, default=5,
+                        help="sampling steps (default 5, the bundle's default; time is linear in the steps)")
+    parser.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm",
+                        help="sampler of the sampling measurement (default ddpm, the bundle's default)")
     parser.add_argument("--ensemble", type=int, default=5, help="ensemble members (default 5)")
     parser.add_argument("--train-batch", type=int, default=2, help="training batch size (default 2)")
     parser.add_argument("--repeats-train", type=int, default=None, help="timed training steps (default 5)")
@@ -875,6 +880,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "train_batch": args.train_batch,
         "steps": args.steps,
+        "sampler": args.sampler,
         "ensemble": args.ensemble,
         "profile_rows": args.profile_rows,
     }
@@ -937,6 +943,7 @@ def main(argv: list[str] | None = None) -> int:
             "tasks": args.tasks,
             "train_batch": args.train_batch,
             "steps": args.steps,
+            "sampler": args.sampler,
             "ensemble": args.ensemble,
             "repeats_train": args.repeats_train,
             "repeats_sample": args.repeats_sample,

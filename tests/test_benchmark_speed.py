@@ -70,7 +70,7 @@ def test_every_measurement(report):
                 assert _positive(r["peak_rss_mib"]) and _positive(r["peak_rss_growth_mib"])
                 assert r["peak_rss_growth_mib"] < r["peak_rss_mib"]
                 if task == "sample":
-                    assert r["steps"] == 10 and r["ensemble"] == 5
+                    assert r["steps"] == 5 and r["sampler"] == "ddpm" and r["ensemble"] == 5
                     assert r["per_step_s"] == pytest.approx(r["median_s"] / r["steps"], rel=1e-2, abs=1e-4)
                 else:
                     assert r["batch"] == 2
