@@ -233,14 +233,19 @@ def test_training_resumes_after_interruption(tmp_path):
 def test_torchrun_two_cpu_processes(tmp_path):
     """multi_gpu_train.json with torchrun --nproc_per_node=2 on CPU (gloo): trains, validates, saves on rank 0."""
     bundle = copy_bundle(tmp_path / "bundle")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "0",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "monai.bundle", "run", "training", "--config_file",
            "['configs/train.json','configs/demo.json','configs/multi_gpu_train.json']",
            "--epochs", "2", "--val_interval", "2"]
-    out = subprocess.run(cmd, cwd=bundle, capture_output=True, text=True, timeout=900,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    log = out.stdout + out.stderr
-    assert out.returncode == 0, log[-6000:]
+    proc = subprocess.Popen(cmd, cwd=bundle, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
+    try:
+        log, _ = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers: no orphans holding the cores
+        log, _ = proc.communicate()
+        pytest.fail(f"torchrun did not finish in 600 s:\n{log[-6000:]}")
+    assert proc.returncode == 0, log[-6000:]
     assert (bundle / "models" / "model.pt").is_file()
     assert (bundle / "models" / "checkpoint_checkpoint_epoch=2.pt").is_file()
     # 6 training volumes over 2 ranks x batch 2: 2 iterations per epoch on each rank
