@@ -251,3 +251,17 @@ def test_torchrun_two_cpu_processes(tmp_path):
     # 6 training volumes over 2 ranks x batch 2: 2 iterations per epoch on each rank
     assert "Epoch[2] Complete" in log
     assert best_metric(log, "val_mean_dice") >= 0.0
+
+
+def test_mlflow_tracking(tmp_path):
+    """``--tracking mlflow`` (MONAI's default MLflow settings) logs the loss, learning rate and validation Dice."""
+    pytest.importorskip("mlflow")
+    import sqlite3
+
+    bundle = copy_bundle(tmp_path / "bundle")
+    run_bundle(bundle, "run", "training", "--config_file", DEMO, "--epochs", "2", "--val_interval", "2",
+               "--tracking", "mlflow")
+    with sqlite3.connect(bundle / "eval" / "mlruns.db") as db:
+        logged = dict(db.execute("select key, count(*) from metrics group by key").fetchall())
+    assert logged.get("train_loss", 0) == 6 and logged.get("val_mean_dice", 0) == 1  # 3 iterations x 2 epochs
+    assert "lr_group_0" in logged
