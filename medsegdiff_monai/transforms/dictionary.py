@@ -170,7 +170,22 @@ class ReorderModalitiesd(MapTransform):
         return d
 
 
-class LabelToRegionsd(MapTransform):
+class _ConventionConverterd(MapTransform):
+    """Applies ``self.converter(value, convention=..., case=...)`` to each key, the convention read from the item."""
+
+    converter: Any
+    convention_key: str | None
+    case_key: str | None
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        conv = d.get(self.convention_key) if self.convention_key else None
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key], convention=conv, case=case_name(d, self.case_key, key))
+        return d
+
+
+class LabelToRegionsd(_ConventionConverterd):
     """Convert label maps to binary region masks: ``"wt"`` (1 channel) or ``"wt_tc_et"`` (WT, TC, ET).
 
     The label convention comes from the item (``data[convention_key]``: ``"brats"`` 0/1/2/4 or ``"msd"``
@@ -198,15 +213,8 @@ class LabelToRegionsd(MapTransform):
         self.convention_key = convention_key
         self.case_key = case_key
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        conv = d.get(self.convention_key) if self.convention_key else None
-        for key in self.key_iterator(d):
-            d[key] = self.converter(d[key], convention=conv, case=case_name(d, self.case_key, key))
-        return d
 
-
-class RegionsToLabeld(MapTransform):
+class RegionsToLabeld(_ConventionConverterd):
     """Convert region masks or probabilities (WT, or WT, TC, ET) to one label map, e.g. to save predictions.
 
     The inverse of :class:`LabelToRegionsd`: with ``"wt_tc_et"`` ET gets the convention's enhancing label, TC minus
@@ -238,13 +246,6 @@ class RegionsToLabeld(MapTransform):
         self.converter = RegionsToLabel(regions, convention, threshold, dtype)
         self.convention_key = convention_key
         self.case_key = case_key
-
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        conv = d.get(self.convention_key) if self.convention_key else None
-        for key in self.key_iterator(d):
-            d[key] = self.converter(d[key], convention=conv, case=case_name(d, self.case_key, key))
-        return d
 
 
 class SliceFgBgToIndicesd(MapTransform):
