@@ -71,7 +71,7 @@ def pick_slices(parser: ConfigParser, splits: list[str], per_case: int) -> tuple
                 continue
             data = preprocessing(item)
             image, label = torch.as_tensor(data["image"]), torch.as_tensor(data["label"])
-            area = label.flatten(0, 2).sum(0) if label.ndim == 4 else label.sum((0, 1, 2))
+            area = label.sum(dim=(0, 1, 2))  # (C, H, W, D) -> foreground voxels per axial slice
             tumour = torch.nonzero(area > 0).flatten().tolist()
             empty = torch.nonzero(area == 0).flatten().tolist()
             n_tumour = per_case - 1 if empty and per_case > 1 else per_case
