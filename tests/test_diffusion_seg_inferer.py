@@ -25,13 +25,8 @@ _, has_sitk = optional_import("SimpleITK")
 T = 1000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks and element-wise ops: one thread is as fast and immune to a busy machine's thread stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 
 class MaskOracle(torch.nn.Module):
@@ -208,6 +203,25 @@ def test_seed_reproducibility(sampler, eta):
     assert not torch.equal(a, c)
     unseeded = DiffusionSegInferer(seed=None, **kw)
     assert not torch.equal(unseeded(image, net)["samples"], unseeded(image, net)["samples"])
+
+
+@parameterized.expand([(None,), (2,)])
+def test_per_case_reproducibility(slice_axis):
+    """With a seed, a case's segmentation does not depend on the other cases of its batch or their order."""
+    net = TinyNet(spatial_dims=2 if slice_axis is None else 2)
+    shape = (3, 1, 8, 8) if slice_axis is None else (3, 1, 8, 8, 4)
+    images = _image(shape, seed=3)
+    inferer = DiffusionSegInferer(num_inference_steps=4, sampler="ddpm", num_ensemble=2, seed=7, output="all",
+                                  slice_axis=slice_axis, sw_batch_size=3)
+    together = inferer(images, net)["samples"]
+    reversed_order = inferer(images.flip(0), net)["samples"].flip(0)
+    alone = torch.cat([inferer(images[i : i + 1], net)["samples"] for i in range(3)])
+    torch.testing.assert_close(reversed_order, together)
+    torch.testing.assert_close(alone, together)
+    assert not torch.equal(together[0], together[1])  # different cases, different noise
+    other_seed = DiffusionSegInferer(num_inference_steps=4, sampler="ddpm", num_ensemble=2, seed=8, output="all",
+                                     slice_axis=slice_axis, sw_batch_size=3)(images, net)["samples"]
+    assert not torch.equal(other_seed, together)
 
 
 def test_out_channels_resolution():
@@ -403,7 +417,8 @@ def test_no_host_sync_in_step_loop(monkeypatch):
 
     for name in ("item", "tolist", "__bool__", "__float__", "__int__", "numpy"):
         monkeypatch.setattr(torch.Tensor, name, forbidden)
-    samples = inferer.sample(image, net, generator=torch.Generator().manual_seed(0))
+    segmenter = inferer.segmenter(net)  # the inferer's sampling loop is the segmenter's
+    samples = segmenter.sample(image, torch.Generator().manual_seed(0))
     monkeypatch.undo()
     assert samples.shape == (1, 2, 1, 8, 8)
 
@@ -436,4 +451,4 @@ def test_json_configurable():
     )
     inferer = parser.get_parsed_content("inferer")
     assert isinstance(inferer, DiffusionSegInferer)
-    assert inferer.num_train_timesteps == 100 and inferer.eta == 1.0 and inferer.slice_axis == 2
+    assert inferer.solver.num_train_timesteps == 100 and inferer.solver.eta == 1.0 and inferer.slice_axis == 2

@@ -30,13 +30,8 @@ from medsegdiff_monai.networks.schedulers import (
 T = 1000
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Element-wise ops on small tensors: one thread is as fast and immune to a busy machine's thread stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 SHAPE = (16, 1, 64, 64)  # 65536 values per step: the variance estimate has std ~0.006
 
@@ -171,10 +166,16 @@ def test_full_chain_matches_monai():
         b, b0 = DDPMScheduler(T).step(out, t, x, generator=torch.Generator().manual_seed(1))
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(a0, b0)
-        for clip in (False, True):
-            a, _ = RespacedDDIMScheduler(T, clip_sample=clip).step(out, t, x)
-            b, _ = DDIMScheduler(T, clip_sample=clip).step(out, t, x)
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        a, _ = RespacedDDIMScheduler(T, clip_sample=False).step(out, t, x)
+        b, _ = DDIMScheduler(T, clip_sample=False).step(out, t, x)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        # with clipping MONAI keeps the raw noise; here it is recomputed from the clipped x0 (consistent pair)
+        ddim = DDIMScheduler(T, clip_sample=True)
+        ddim.set_timesteps(T)
+        a, x0c = RespacedDDIMScheduler(T, clip_sample=True).step(out, t, x)
+        a_t, a_s = ddim.alphas_cumprod[t], ddim.alphas_cumprod[t - 1]
+        eps = (x - a_t.sqrt() * x0c) / (1 - a_t).sqrt()
+        torch.testing.assert_close(a, a_s.sqrt() * x0c + (1 - a_s).sqrt() * eps, atol=1e-5, rtol=1e-4)
 
 
 def test_step_pairs_with_next_visited_timestep():

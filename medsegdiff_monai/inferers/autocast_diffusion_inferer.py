@@ -9,7 +9,8 @@ from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import Scheduler
 from torch import nn
 
-from medsegdiff_monai.networks.nets.diffusion_segmenter import AUTOCAST_DTYPES
+from medsegdiff_monai.networks.nets.diffusion_segmenter import AUTOCAST_DTYPES, AutocastDtype
+from medsegdiff_monai.utils.enums import look_up_named_option
 
 __all__ = ["AutocastDiffusionInferer"]
 
@@ -40,10 +41,8 @@ class AutocastDiffusionInferer(DiffusionInferer):
 
     def __init__(self, scheduler: Scheduler, autocast_dtype: str | None = None) -> None:
         super().__init__(scheduler)
-        if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
-            raise ValueError(
-                f"`autocast_dtype` must be None or one of {tuple(AUTOCAST_DTYPES)}, got {autocast_dtype!r}."
-            )
+        if autocast_dtype is not None:
+            autocast_dtype = look_up_named_option("autocast_dtype", autocast_dtype, AutocastDtype)
         self.autocast_dtype = autocast_dtype
 
     def __call__(  # type: ignore[override]

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import zlib
 from typing import Any
 
 import numpy as np
@@ -13,18 +13,58 @@ import torch
 from monai.data.meta_tensor import MetaTensor
 from monai.inferers import Inferer, SliceInferer
 from monai.networks.schedulers import Scheduler
-from monai.utils import optional_import
+from monai.utils import StrEnum, optional_import
 from torch import nn
 
-from medsegdiff_monai.networks.nets.diffusion_segmenter import DiffusionSegmenter, check_sampling_args, mask_channels
+from medsegdiff_monai.networks.nets.diffusion_segmenter import DiffusionSegmenter, check_segmenter_args, mask_channels
+from medsegdiff_monai.networks.schedulers.sampler import DiffusionSampler
+from medsegdiff_monai.utils.enums import look_up_named_option
 
 sitk, has_sitk = optional_import("SimpleITK")
 
-__all__ = ["DiffusionSegInferer"]
+__all__ = ["DiffusionSegInferer", "FusionMode", "UncertaintyMode", "InfererOutput", "image_seeds"]
 
-FUSIONS = ("mean", "vote", "staple")
-UNCERTAINTIES = ("variance", "entropy")
-OUTPUTS = ("prob", "mask", "uncertainty", "all")
+
+class FusionMode(StrEnum):
+    """How ensemble members become one mask."""
+
+    MEAN = "mean"
+    VOTE = "vote"
+    STAPLE = "staple"
+
+
+class UncertaintyMode(StrEnum):
+    """Which uncertainty map is computed from the ensemble."""
+
+    VARIANCE = "variance"
+    ENTROPY = "entropy"
+
+
+class InfererOutput(StrEnum):
+    """What ``DiffusionSegInferer.__call__`` returns."""
+
+    PROB = "prob"
+    MASK = "mask"
+    UNCERTAINTY = "uncertainty"
+    ALL = "all"
+
+
+def image_seeds(images: torch.Tensor, seed: int) -> list[int]:
+    """One noise seed per image, from ``seed`` and the image's content (CRC-32 of its float32 bytes).
+
+    A case's noise then depends only on the seed and the case itself: not on the other cases of its batch, their
+    order, or (in slice mode) on which slices share a network call. Identical images get identical noise, as they
+    would with any per-case seed.
+
+    Args:
+        images: (B, C, *spatial).
+        seed: the inferer's seed.
+
+    Returns:
+        B non-negative integers.
+    """
+    data = images.detach().to("cpu", torch.float32).contiguous().numpy()
+    return [(zlib.crc32(np.ascontiguousarray(item).tobytes()) << 31) ^ int(seed) for item in data]
 
 
 class DiffusionSegInferer(Inferer):
@@ -36,17 +76,14 @@ class DiffusionSegInferer(Inferer):
     ``DiffusionModelUNet``), exactly as :class:`monai.inferers.DiffusionInferer` does. ``t`` is a long tensor of
     shape (batch,).
 
-    Sampling is :class:`~medsegdiff_monai.networks.nets.DiffusionSegmenter`'s (the same module a bundle exports):
-    it uses the noise schedule, ``prediction_type`` and clipping of ``scheduler`` but never its ``step``, because
-    MONAI 1.6.1's DDPM/DDIM ``step`` go to the wrong noise level when fewer steps than training steps are used;
-    any MONAI scheduler, corrected (:class:`~medsegdiff_monai.networks.schedulers.RespacedDDIMScheduler`) or not,
-    samples correctly here. The visited timesteps are ``linspace(T - 1, 0, num_inference_steps).round()`` and each
-    update goes to the next visited level:
-
-    - ``sampler="ddim"``: DDIM with ``eta`` (0: deterministic);
-    - ``sampler="ddpm"``: respaced ancestral DDPM, the posterior ``q(x_s | x_t, x0)`` with
-      ``beta'_t = 1 - a_t / a_s`` and "fixed_small" variance, computed in its DDIM form with ``eta = 1``
-      (``eta`` is ignored); with ``clip_sample`` the clipped x0 is combined with the network's noise estimate.
+    Sampling is :class:`~medsegdiff_monai.networks.nets.DiffusionSegmenter`'s, the package's one sampling loop
+    (the same module a bundle exports), with a :class:`~medsegdiff_monai.networks.schedulers.DiffusionSampler` built
+    once from the constructor's arguments: respaced ancestral DDPM (``"ddpm"``), DDIM with ``eta`` (``"ddim"``)
+    or DPM-Solver++(2M) (``"dpmpp_2m"``), each correct at any step count, with consistent clipping (the update
+    uses the clipped x0 and the noise recomputed from it). It uses the schedule, ``prediction_type`` and clipping
+    of ``scheduler`` but never its ``step`` (MONAI 1.6.1's DDPM/DDIM ``step`` go to the wrong noise level with
+    fewer steps than training steps), so any MONAI scheduler samples correctly here. The inferer adds what an
+    inferer needs: fusion, uncertainty, 3D volumes slice by slice and per-case random streams.
 
     All ``num_ensemble`` members run batched (the image is repeated along the batch: one network call per step
     for the whole ensemble) and the result is fused:
@@ -83,15 +120,17 @@ class DiffusionSegInferer(Inferer):
         scheduler: MONAI scheduler the model was trained with (gives ``num_train_timesteps``, ``alphas_cumprod``,
             ``prediction_type``, ``clip_sample``). Default: ``DDPMScheduler(1000)`` (linear betas, epsilon).
         num_inference_steps: number of denoising steps, in ``[1, scheduler.num_train_timesteps]``.
-        sampler: "ddim" or "ddpm".
+        sampler: "ddpm", "ddim" or "dpmpp_2m" (:class:`~medsegdiff_monai.networks.schedulers.SamplerType`).
         eta: DDIM stochasticity, >= 0 (only for ``sampler="ddim"``).
         num_ensemble: number N of samples per image, >= 1.
         threshold: probability threshold in (0, 1) for masks.
         fusion: "mean", "vote" or "staple" (needs SimpleITK).
         uncertainty: "variance" or "entropy".
         output: what ``__call__`` returns: "prob", "mask", "uncertainty" or "all" (the dict of :meth:`segment`).
-        seed: seed of a ``torch.Generator`` on the input's device, re-seeded at every call (same input, same
-            output); None uses the global random state.
+        seed: makes results reproducible per case: the noise of each image (each slice in slice mode) is drawn
+            from generators seeded with ``seed`` and the image's content (:func:`image_seeds`), so a case gets the
+            same segmentation whatever other cases share its batch and in whatever order they come. None uses the
+            global random state.
         clip_sample: clip the predicted x0 to the scheduler's clip range (default ``[-1, 1]``) at every step;
             None follows ``scheduler.clip_sample`` (True if absent).
         out_channels: number of mask channels; if None, ``network.out_channels`` (or
@@ -129,42 +168,30 @@ class DiffusionSegInferer(Inferer):
         progress: bool = False,
     ) -> None:
         super().__init__()
-        self.scheduler = check_sampling_args(
-            scheduler, num_inference_steps, sampler, eta, num_ensemble, mode, autocast_dtype
-        )
+        self.solver = DiffusionSampler(scheduler, num_inference_steps, sampler, eta, clip_sample)
+        self.num_ensemble, self.mode, self.autocast_dtype = check_segmenter_args(num_ensemble, mode, autocast_dtype)
         if not 0.0 < float(threshold) < 1.0:
             raise ValueError(f"`threshold` must be in (0, 1), got {threshold}.")
-        if fusion not in FUSIONS:
-            raise ValueError(f"`fusion` must be one of {FUSIONS}, got {fusion!r}.")
-        if fusion == "staple" and not has_sitk:
+        self.fusion = look_up_named_option("fusion", fusion, FusionMode)
+        if self.fusion == FusionMode.STAPLE and not has_sitk:
             raise ImportError("`fusion='staple'` needs SimpleITK: pip install SimpleITK (or use 'mean'/'vote').")
-        if uncertainty not in UNCERTAINTIES:
-            raise ValueError(f"`uncertainty` must be one of {UNCERTAINTIES}, got {uncertainty!r}.")
-        if output not in OUTPUTS:
-            raise ValueError(f"`output` must be one of {OUTPUTS}, got {output!r}.")
+        self.uncertainty = look_up_named_option("uncertainty", uncertainty, UncertaintyMode)
+        self.output = look_up_named_option("output", output, InfererOutput)
         if out_channels is not None and int(out_channels) < 1:
             raise ValueError(f"`out_channels` must be >= 1 or None, got {out_channels}.")
         if slice_axis is not None and slice_axis not in (0, 1, 2):
             raise ValueError(f"`slice_axis` must be None, 0, 1 or 2, got {slice_axis!r}.")
         if int(sw_batch_size) < 1:
             raise ValueError(f"`sw_batch_size` must be >= 1, got {sw_batch_size}.")
-        self.num_train_timesteps = int(self.scheduler.num_train_timesteps)
-        self.num_inference_steps = int(num_inference_steps)
-        self.sampler = sampler
-        self.eta = 1.0 if sampler == "ddpm" else float(eta)
-        self.num_ensemble = int(num_ensemble)
+        self.num_inference_steps = self.solver.num_inference_steps
+        self.sampler = self.solver.sampler
         self.threshold = float(threshold)
-        self.fusion = fusion
-        self.uncertainty = uncertainty
-        self.output = output
         self.seed = seed
-        self.clip_sample = clip_sample
         self.out_channels = None if out_channels is None else int(out_channels)
-        self.mode = mode
         self.slice_axis = slice_axis
         self.sw_batch_size = int(sw_batch_size)
-        self.autocast_dtype = autocast_dtype
         self.progress = bool(progress)
+        self._segmenter: DiffusionSegmenter | None = None  # the last network's, reused while the network is
 
     # ------------------------------------------------------------------------------------------------ public API
     def __call__(  # type: ignore[override]
@@ -205,15 +232,11 @@ class DiffusionSegInferer(Inferer):
         image = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         if not torch.is_floating_point(image):
             image = image.float()
-        generator = None
-        if self.seed is not None:
-            generator = torch.Generator(device=image.device).manual_seed(int(self.seed))
         segmenter = self.segmenter(network)
-
         if self.slice_axis is None:
-            samples = segmenter.sample(image, generator)
+            samples = self._sample(segmenter, image)
         else:
-            samples = self._sample_slices(image, segmenter, generator)
+            samples = self._sample_slices(image, segmenter)
 
         result = self._fuse(samples)
         if isinstance(inputs, MetaTensor):
@@ -223,53 +246,50 @@ class DiffusionSegInferer(Inferer):
 
     def segmenter(self, network: nn.Module, out_channels: int | None = None) -> DiffusionSegmenter:
         """The :class:`~medsegdiff_monai.networks.nets.DiffusionSegmenter` that samples ``network`` with this
-        inferer's settings (e.g. to export it with ``torch.jit.script``).
+        inferer's settings (e.g. to export it with ``torch.jit.script``). It is built once per network and reused.
 
         Args:
             network: the diffusion model.
             out_channels: number of mask channels (default: the constructor's, else ``network.out_channels``).
 
         Returns:
-            the sampler module (it shares ``network``'s parameters).
+            the sampler module (it shares ``network``'s parameters and this inferer's ``DiffusionSampler``).
         """
-        return DiffusionSegmenter(
+        n_ch = mask_channels(network, out_channels if out_channels is not None else self.out_channels)
+        cached = self._segmenter
+        if cached is not None and cached.network is network and cached.out_channels == n_ch:
+            return cached
+        self._segmenter = DiffusionSegmenter(
             network,
-            self.scheduler,
-            num_inference_steps=self.num_inference_steps,
-            sampler=self.sampler,
-            eta=self.eta,
+            sampler=self.solver,
             num_ensemble=self.num_ensemble,
-            clip_sample=self.clip_sample,
-            out_channels=mask_channels(network, out_channels if out_channels is not None else self.out_channels),
+            out_channels=n_ch,
             mode=self.mode,
             autocast_dtype=self.autocast_dtype,
             progress=self.progress,
         )
+        return self._segmenter
 
-    def sample(
-        self,
-        image: torch.Tensor,
-        network: nn.Module,
-        out_channels: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> torch.Tensor:
+    def sample(self, image: torch.Tensor, network: nn.Module, out_channels: int | None = None) -> torch.Tensor:
         """Ensemble member probabilities for a batch of images, all members in one network call per step.
 
         Args:
             image: condition images, (B, C_in, *spatial), a plain tensor.
             network: the diffusion model.
             out_channels: number of mask channels (default: from the network or the constructor).
-            generator: random generator on ``image.device`` (None: global random state).
 
         Returns:
             (B, N, C, *spatial) float32 member probabilities ``clamp((x0 + 1) / 2, 0, 1)``.
         """
-        return self.segmenter(network, out_channels).sample(image, generator)
+        return self._sample(self.segmenter(network, out_channels), image)
 
     # ---------------------------------------------------------------------------------------------- internals
-    def _sample_slices(
-        self, image: torch.Tensor, segmenter: DiffusionSegmenter, generator: torch.Generator | None
-    ) -> torch.Tensor:
+    def _sample(self, segmenter: DiffusionSegmenter, image: torch.Tensor) -> torch.Tensor:
+        """Members for a batch of images, with per-image noise streams when seeded."""
+        seeds = None if self.seed is None else image_seeds(image, int(self.seed))
+        return segmenter.sample(image, seeds=seeds)
+
+    def _sample_slices(self, image: torch.Tensor, segmenter: DiffusionSegmenter) -> torch.Tensor:
         """Slice mode: a 2D network over a 3D volume via MONAI's SliceInferer, slices x members batched."""
         if image.ndim != 5:
             raise ValueError(
@@ -284,7 +304,7 @@ class DiffusionSegInferer(Inferer):
 
         def predictor(slices: torch.Tensor) -> torch.Tensor:
             # (S, C_in, h, w) -> (S, N * C, h, w): members flattened into channels for the merger
-            return segmenter.sample(slices, generator).flatten(1, 2)
+            return self._sample(segmenter, slices).flatten(1, 2)
 
         merged = slicer(image, predictor)
         assert isinstance(merged, torch.Tensor)

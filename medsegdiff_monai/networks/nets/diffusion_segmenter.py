@@ -4,23 +4,43 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, List, Optional
 
 import torch
-from monai.networks.schedulers import DDPMScheduler, Scheduler
-from monai.utils import optional_import
+from monai.networks.schedulers import Scheduler
+from monai.utils import StrEnum, optional_import
 from torch import nn
 
-from ..schedulers.respacing import ddim_coefficients, ddim_update, predict_x0_and_eps, spaced_timesteps
+from ...utils.enums import look_up_named_option
+from ..schedulers.sampler import DiffusionSampler
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 
-__all__ = ["DiffusionSegmenter", "check_sampling_args", "mask_channels", "SAMPLERS", "MODES"]
+__all__ = [
+    "DiffusionSegmenter",
+    "ConditioningMode",
+    "AutocastDtype",
+    "AUTOCAST_DTYPES",
+    "check_segmenter_args",
+    "mask_channels",
+]
 
-SAMPLERS = ("ddim", "ddpm")
-MODES = ("crossattn", "concat")
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+class ConditioningMode(StrEnum):
+    """How the image reaches the network: as ``context`` ("crossattn") or concatenated after the mask ("concat")."""
+
+    CROSSATTN = "crossattn"
+    CONCAT = "concat"
+
+
+class AutocastDtype(StrEnum):
+    """Reduced precisions the network may run in under ``torch.autocast``."""
+
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+AUTOCAST_DTYPES = {AutocastDtype.BFLOAT16.value: torch.bfloat16, AutocastDtype.FLOAT16.value: torch.float16}
 
 
 def mask_channels(network: Any, out_channels: int | None = None) -> int:
@@ -44,45 +64,22 @@ def mask_channels(network: Any, out_channels: int | None = None) -> int:
     )
 
 
-def check_sampling_args(
-    scheduler: Scheduler | None,
-    num_inference_steps: int,
-    sampler: str,
-    eta: float,
-    num_ensemble: int,
-    mode: str,
-    autocast_dtype: str | None,
-) -> Scheduler:
-    """Validate the sampling arguments of :class:`DiffusionSegmenter` (and of the inferer built on it).
+def check_segmenter_args(num_ensemble: int, mode: str, autocast_dtype: str | None) -> tuple[int, str, str | None]:
+    """Validate the arguments of :class:`DiffusionSegmenter` that are not the sampler's (those are checked by
+    :class:`~medsegdiff_monai.networks.schedulers.DiffusionSampler`).
 
     Returns:
-        ``scheduler``, or the default ``DDPMScheduler(1000)`` when it is None.
+        ``(num_ensemble, mode, autocast_dtype)`` normalised.
 
     Raises:
         ValueError: naming the first invalid argument.
     """
-    scheduler = scheduler if scheduler is not None else DDPMScheduler(num_train_timesteps=1000)
-    num_train = int(getattr(scheduler, "num_train_timesteps", 0))
-    if num_train < 1 or not hasattr(scheduler, "alphas_cumprod"):
-        raise ValueError("`scheduler` must be a MONAI Scheduler with `num_train_timesteps` and `alphas_cumprod`.")
-    if not 1 <= int(num_inference_steps) <= num_train:
-        raise ValueError(
-            f"`num_inference_steps` must be in [1, num_train_timesteps={num_train}], got {num_inference_steps}."
-        )
-    if sampler not in SAMPLERS:
-        raise ValueError(f"`sampler` must be one of {SAMPLERS}, got {sampler!r}.")
-    if not float(eta) >= 0:
-        raise ValueError(f"`eta` must be >= 0, got {eta}.")
     if int(num_ensemble) < 1:
         raise ValueError(f"`num_ensemble` must be >= 1, got {num_ensemble}.")
-    if mode not in MODES:
-        raise ValueError(f"`mode` must be one of {MODES}, got {mode!r}.")
-    if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
-        raise ValueError(f"`autocast_dtype` must be None or one of {tuple(AUTOCAST_DTYPES)}, got {autocast_dtype!r}.")
-    prediction_type = str(getattr(scheduler, "prediction_type", "epsilon"))
-    if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"`scheduler.prediction_type` {prediction_type!r} is not supported.")
-    return scheduler
+    mode = look_up_named_option("mode", mode, ConditioningMode)
+    if autocast_dtype is not None:
+        autocast_dtype = look_up_named_option("autocast_dtype", autocast_dtype, AutocastDtype)
+    return int(num_ensemble), mode, autocast_dtype
 
 
 class DiffusionSegmenter(nn.Module):
@@ -98,30 +95,38 @@ class DiffusionSegmenter(nn.Module):
 
     Sampling: masks live in ``[-1, 1]``; ``num_ensemble`` members start from independent Gaussian noise and are
     denoised together, the image repeated along the batch, so each of the ``num_inference_steps`` steps is one
-    network call for the whole ensemble. The visited timesteps are ``linspace(T - 1, 0, n).round()`` (MONAI's
-    spacing) and each update goes from the noise level of one visited timestep to that of the next
-    (:mod:`medsegdiff_monai.networks.schedulers.respacing`):
+    network call for the whole ensemble. The visited timesteps and the update rule are those of a
+    :class:`~medsegdiff_monai.networks.schedulers.DiffusionSampler` (built from ``scheduler``,
+    ``num_inference_steps``, ``sampler``, ``eta`` and ``clip_sample``, or given ready-made as ``sampler``):
 
+    - ``sampler="ddpm"``: respaced ancestral DDPM, the posterior ``q(x_s | x_t, x0)`` ("fixed_small" variance);
     - ``sampler="ddim"``: DDIM with ``eta`` (0: deterministic);
-    - ``sampler="ddpm"``: respaced ancestral DDPM, the posterior ``q(x_s | x_t, x0)`` with "fixed_small" variance,
-      computed in its DDIM form with ``eta = 1``.
+    - ``sampler="dpmpp_2m"``: DPM-Solver++(2M), multistep, data prediction with thresholding (deterministic).
 
-    Only the noise schedule (``alphas_cumprod``), ``prediction_type``, ``clip_sample``/``clip_sample_values`` and (DDIM)
-    ``final_alpha_cumprod``/``steps_offset`` of ``scheduler`` are used, never its ``step``: MONAI 1.6.1's DDPM/DDIM
-    ``step`` goes to the wrong noise level with fewer steps than training steps, so any MONAI scheduler samples
-    correctly here. Member probabilities are ``clamp((x0 + 1) / 2, 0, 1)`` of the final denoised sample.
+    Every update is a function of the current sample and the *clipped* predicted x0, so clipping stays
+    consistent and results do not degrade with more steps (see ``DiffusionSampler``). This loop is the only
+    sampling loop of the package: :class:`~medsegdiff_monai.inferers.DiffusionSegInferer` and the bundle sample
+    through it. Member probabilities are ``clamp((x0 + 1) / 2, 0, 1)`` of the last step's x0.
+
+    Noise: from ``generator`` (or the global random state), or, in eager mode with ``seeds`` given to
+    :meth:`sample`, from one seed per image: the noise of image ``b`` at step ``k`` comes from a generator seeded
+    with ``(seeds[b], k)``, so an image's result does not depend on the other images of the batch or their order.
 
     The state dict is the wrapped network's (same keys, no ``network.`` prefix; the sampler's tables are not
     saved), so the checkpoint of a trained denoiser loads into this module directly, as MONAI's ``ckpt_export``
     and ``CheckpointLoader`` do, and a state dict of this module loads into a bare denoiser.
 
     Args:
-        network: the noise-prediction network (a module, or any callable for eager use), called as ``network(x, timesteps=t, context=image)`` (``mode``
-            "crossattn", the MedSegDiffUNet convention) or ``network(cat([x, image], 1), timesteps=t)`` ("concat",
-            e.g. MONAI's ``DiffusionModelUNet``); ``t`` is a long tensor of shape (batch,).
+        network: the noise-prediction network (a module, or any callable for eager use), called as
+            ``network(x, timesteps=t, context=image)`` (``mode`` "crossattn", the MedSegDiffUNet convention) or
+            ``network(cat([x, image], 1), timesteps=t)`` ("concat", e.g. MONAI's ``DiffusionModelUNet``); ``t`` is a
+            long tensor of shape (batch,).
         scheduler: the MONAI scheduler the network was trained with. Default: ``DDPMScheduler(1000)``.
-        num_inference_steps: denoising steps, in ``[1, scheduler.num_train_timesteps]``.
-        sampler: "ddim" or "ddpm".
+        num_inference_steps: denoising steps (network calls), in ``[1, scheduler.num_train_timesteps]``.
+            Default 10.
+        sampler: "ddpm", "ddim" or "dpmpp_2m", or a ready
+            :class:`~medsegdiff_monai.networks.schedulers.DiffusionSampler` (then ``scheduler``,
+            ``num_inference_steps``, ``eta`` and ``clip_sample`` must be left unset).
         eta: DDIM stochasticity, >= 0 (only for ``sampler="ddim"``).
         num_ensemble: ensemble members per image, >= 1.
         clip_sample: clip the predicted x0 to the scheduler's clip range at every step; None follows
@@ -150,9 +155,9 @@ class DiffusionSegmenter(nn.Module):
         self,
         network: nn.Module,
         scheduler: Scheduler | None = None,
-        num_inference_steps: int = 10,
-        sampler: str = "ddim",
-        eta: float = 0.0,
+        num_inference_steps: int | None = None,
+        sampler: str | DiffusionSampler = "ddim",
+        eta: float | None = None,
         num_ensemble: int = 5,
         clip_sample: bool | None = None,
         out_channels: int | None = None,
@@ -165,50 +170,31 @@ class DiffusionSegmenter(nn.Module):
             if not callable(network):
                 raise TypeError(f"`network` must be a torch.nn.Module or a callable, got {type(network).__name__}.")
             network = _CallableNetwork(network)
-        scheduler = check_sampling_args(scheduler, num_inference_steps, sampler, eta, num_ensemble, mode, autocast_dtype)
-        num_train = int(scheduler.num_train_timesteps)
-        prediction_type = str(getattr(scheduler, "prediction_type", "epsilon"))
+        if isinstance(sampler, DiffusionSampler):
+            given = {"scheduler": scheduler, "num_inference_steps": num_inference_steps, "eta": eta}
+            given["clip_sample"] = clip_sample
+            extra = sorted(k for k, v in given.items() if v is not None)
+            if extra:
+                raise ValueError(f"`sampler` is a DiffusionSampler, which fixes {extra}: leave them unset.")
+            solver = sampler
+        else:
+            steps = 10 if num_inference_steps is None else num_inference_steps
+            solver = DiffusionSampler(scheduler, steps, sampler, 0.0 if eta is None else eta, clip_sample)
+        self.num_ensemble, self.mode, self.autocast_dtype = check_segmenter_args(num_ensemble, mode, autocast_dtype)
 
         self.network = network
+        self.solver = solver
         self.out_channels = mask_channels(network, out_channels)
-        self.num_train_timesteps = num_train
-        self.num_inference_steps = int(num_inference_steps)
-        self.sampler = sampler
-        self.eta = 1.0 if sampler == "ddpm" else float(eta)
-        self.num_ensemble = int(num_ensemble)
-        self.prediction_type = prediction_type
-        if clip_sample is None:
-            clip_sample = bool(getattr(scheduler, "clip_sample", True))
-        lo, hi = getattr(scheduler, "clip_sample_values", (-1.0, 1.0))
-        self.clip_sample = bool(clip_sample)
-        self.clip_min, self.clip_max = float(lo), float(hi)
-        self.mode = mode
-        self.autocast_dtype = autocast_dtype
+        self.num_inference_steps = solver.num_inference_steps
+        self.sampler = solver.sampler
         self.progress = bool(progress)
-
-        # per-step tables, computed once in float64 and stored float32; not part of the state dict
-        offset = int(getattr(scheduler, "steps_offset", 0) or 0)
-        timesteps = spaced_timesteps(num_train, self.num_inference_steps, offset)
-        alphas = torch.as_tensor(scheduler.alphas_cumprod).detach().to("cpu", torch.float64)
-        final = torch.as_tensor(getattr(scheduler, "final_alpha_cumprod", 1.0)).to("cpu", torch.float64)
-        a_t = alphas[timesteps]
-        a_s = torch.cat([alphas[timesteps[1:]], final.reshape(1)])
-        c_x0, c_eps, sigma = ddim_coefficients(a_t, a_s, self.eta)
-        self.register_buffer("timesteps", timesteps, persistent=False)
-        self.register_buffer("alpha_prod_t", a_t.float(), persistent=False)
-        self.register_buffer("coef_x0", c_x0.float(), persistent=False)
-        self.register_buffer("coef_eps", c_eps.float(), persistent=False)
-        self.register_buffer("sigma", sigma.float(), persistent=False)
 
         # the state dict is the network's: strip / add the "network." prefix
         self.register_state_dict_post_hook(_strip_network_prefix)
         self.register_load_state_dict_pre_hook(_add_network_prefix)
 
     def extra_repr(self) -> str:
-        return (
-            f"num_inference_steps={self.num_inference_steps}, sampler={self.sampler!r}, eta={self.eta}, "
-            f"num_ensemble={self.num_ensemble}, prediction_type={self.prediction_type!r}, mode={self.mode!r}"
-        )
+        return f"num_ensemble={self.num_ensemble}, mode={self.mode!r}, autocast_dtype={self.autocast_dtype!r}"
 
     def _denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """One network call, returning the ``out_channels`` mean-prediction channels in float32."""
@@ -232,7 +218,12 @@ class DiffusionSegmenter(nn.Module):
             )
         return out
 
-    def sample(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        image: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+        seeds: Optional[List[int]] = None,
+    ) -> torch.Tensor:
         """Sample the ensemble: member probabilities for a batch of images, all members in one call per step.
 
         Runs without gradient tracking; the loop has no host synchronisation.
@@ -240,6 +231,8 @@ class DiffusionSegmenter(nn.Module):
         Args:
             image: condition images ``(B, C_in, *spatial)``.
             generator: random generator on ``image.device`` (None: the global random state).
+            seeds: one seed per image (eager mode): the noise of image ``b`` is drawn from its own generators, so
+                its result does not depend on the rest of the batch. Takes precedence over ``generator``.
 
         Returns:
             ``(B, num_ensemble, out_channels, *spatial)`` float32 member probabilities ``clamp((x0 + 1) / 2, 0, 1)``.
@@ -247,39 +240,51 @@ class DiffusionSegmenter(nn.Module):
         with torch.no_grad():
             b = image.shape[0]
             n = self.num_ensemble
-            spatial: list[int] = [int(d) for d in image.shape[2:]]
+            spatial: List[int] = [int(d) for d in image.shape[2:]]
             cond = image if n == 1 else image.repeat_interleave(n, dim=0)  # member m of image i at row i * n + m
             if not cond.is_floating_point():
                 cond = cond.float()
             shape = [b * n, self.out_channels] + spatial
-            x = torch.randn(shape, generator=generator, device=image.device, dtype=torch.float32)
-            clip_range: tuple[float, float] | None = None
-            if self.clip_sample:
-                clip_range = (self.clip_min, self.clip_max)
+            x = self._noise(shape, image.device, 0, generator, seeds)
             bar = None
             if not torch.jit.is_scripting():
                 if self.progress and has_tqdm:
                     bar = tqdm(total=self.num_inference_steps, desc="diffusion steps", leave=False)
             x0 = x
+            x0_prev: Optional[torch.Tensor] = None
             last = self.num_inference_steps - 1
             for i in range(self.num_inference_steps):
-                t = self.timesteps[i].expand(b * n)
-                out = self._denoise(x, t, cond)
-                x0, eps = predict_x0_and_eps(out, x, self.alpha_prod_t[i], self.prediction_type, clip_range)
+                t = self.solver.timesteps[i].expand(b * n)
+                x0 = self.solver.predict_x0(i, self._denoise(x, t, cond), x)
                 if not torch.jit.is_scripting():
                     if bar is not None:
                         bar.update(1)
                 if i == last:
                     break  # the last update lands on the clean sample: x0 itself
-                noise: torch.Tensor | None = None
-                if self.eta > 0:
-                    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-                x = ddim_update(x0, eps, self.coef_x0[i], self.coef_eps[i], self.sigma[i], noise)
+                noise: Optional[torch.Tensor] = None
+                if self.solver.stochastic:
+                    noise = self._noise(shape, image.device, i + 1, generator, seeds)
+                x = self.solver.step(i, x, x0, x0_prev, noise)
+                x0_prev = x0
             if not torch.jit.is_scripting():
                 if bar is not None:
                     bar.close()
             probs = ((x0 + 1.0) / 2.0).clamp(0.0, 1.0)
             return probs.reshape([b, n, self.out_channels] + spatial)
+
+    def _noise(
+        self,
+        shape: List[int],
+        device: torch.device,
+        step: int,
+        generator: Optional[torch.Generator],
+        seeds: Optional[List[int]],
+    ) -> torch.Tensor:
+        """Standard normal noise of ``shape``: per image from ``seeds`` (eager), else from ``generator``."""
+        if not torch.jit.is_scripting():
+            if seeds is not None:
+                return _per_image_noise(shape, device, step, seeds)
+        return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """
@@ -290,6 +295,19 @@ class DiffusionSegmenter(nn.Module):
             ensemble-mean foreground probabilities ``(B, out_channels, *spatial)``, float32 in [0, 1].
         """
         return self.sample(image).mean(dim=1)
+
+
+def _per_image_noise(shape: list[int], device: torch.device, step: int, seeds: list[int]) -> torch.Tensor:
+    """Noise for ``len(seeds)`` images whose rows (``shape[0] // len(seeds)`` members each) come from a generator
+    seeded with the image's seed and the step: independent of the other images of the batch."""
+    per_image = shape[0] // len(seeds)
+    if per_image * len(seeds) != shape[0]:
+        raise ValueError(f"`seeds` must have one seed per image: got {len(seeds)} for {shape[0]} ensemble rows.")
+    parts = []
+    for seed in seeds:
+        g = torch.Generator(device=device).manual_seed((int(seed) * 1_000_003 + step) % (2**63))
+        parts.append(torch.randn([per_image] + shape[1:], generator=g, device=device, dtype=torch.float32))
+    return torch.cat(parts)
 
 
 class _CallableNetwork(nn.Module):

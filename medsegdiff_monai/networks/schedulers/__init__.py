@@ -1,6 +1,7 @@
 # Copyright (c) medsegdiff-monai contributors
 # Licensed under the Apache License, Version 2.0
-"""Diffusion schedulers: MONAI's DDPM/DDIM with a step that is correct for any number of inference steps."""
+"""Diffusion schedulers and samplers: MONAI's DDPM/DDIM with a step that is correct for any number of inference
+steps, and :class:`DiffusionSampler`, the one sampling schedule (DDPM, DDIM, DPM-Solver++) of every sampling path."""
 
 from __future__ import annotations
 
@@ -9,23 +10,28 @@ from .ddim import RespacedDDIMScheduler
 from .ddpm import RespacedDDPMScheduler
 from .respacing import (
     ddim_coefficients,
-    ddim_update,
+    dpm_solver_pp_2m_coefficients,
     next_timestep_table,
     posterior_coefficients,
     predict_x0_and_eps,
     previous_timestep_table,
     spaced_timesteps,
+    update_coefficients,
 )
+from .sampler import DiffusionSampler, SamplerType
 
 __all__ = [
+    "DiffusionSampler",
+    "SamplerType",
     "RespacedDDIMScheduler",
     "RespacedDDPMScheduler",
     "RespacedSchedulerMixin",
     "ddim_coefficients",
-    "ddim_update",
+    "dpm_solver_pp_2m_coefficients",
     "next_timestep_table",
     "posterior_coefficients",
     "predict_x0_and_eps",
     "previous_timestep_table",
     "spaced_timesteps",
+    "update_coefficients",
 ]

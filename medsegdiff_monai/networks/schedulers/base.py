@@ -10,7 +10,7 @@ import torch
 
 from monai.utils import unsqueeze_right
 
-from .respacing import next_timestep_table, previous_timestep_table
+from .respacing import check_num_inference_steps, next_timestep_table, previous_timestep_table
 
 __all__ = ["RespacedSchedulerMixin"]
 
@@ -60,6 +60,19 @@ class RespacedSchedulerMixin:
     def timesteps(self, value: torch.Tensor) -> None:
         self.__dict__["_timesteps"] = value
         self.__dict__["_respacing_cache"] = {}
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Visit ``num_inference_steps`` timesteps (MONAI's spacing), after checking the count.
+
+        Args:
+            num_inference_steps: number of sampling steps, in ``[1, num_train_timesteps]``.
+            device: device of ``self.timesteps``.
+
+        Raises:
+            ValueError: if ``num_inference_steps`` is outside ``[1, num_train_timesteps]``.
+        """
+        n = check_num_inference_steps(num_inference_steps, self.num_train_timesteps)
+        super().set_timesteps(n, device=device)  # type: ignore[misc]
 
     # --- lookups ------------------------------------------------------------------------------------------------
     def _final_alpha_cumprod(self) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 from monai.networks.schedulers import DDIMScheduler
 
 from .base import RespacedSchedulerMixin, _work_dtype
-from .respacing import ddim_coefficients, ddim_update, predict_x0_and_eps
+from .respacing import ddim_coefficients, predict_x0_and_eps
 
 __all__ = ["RespacedDDIMScheduler"]
 
@@ -28,7 +28,10 @@ class RespacedDDIMScheduler(RespacedSchedulerMixin, DDIMScheduler):
         sigma = eta * sqrt((1 - a_s) / (1 - a_t)) * sqrt(1 - a_t / a_s)
         x_s   = sqrt(a_s) * x0 + sqrt(1 - a_s - sigma^2) * eps + sigma * z
 
-    ``eta = 0`` is deterministic DDIM, ``eta = 1`` the respaced ancestral (DDPM) posterior. Other deliberate
+    ``eta = 0`` is deterministic DDIM, ``eta = 1`` the respaced ancestral (DDPM) posterior. With ``clip_sample``
+    the noise ``eps`` is recomputed from the clipped x0 and x_t (guided-diffusion's rule; MONAI keeps the raw one,
+    which re-adds the network's noise bias at every step, see :mod:`~medsegdiff_monai.networks.schedulers.respacing`),
+    so ``eta = 1`` equals :class:`RespacedDDPMScheduler` exactly, clipping or not. Other deliberate
     differences from MONAI: ``alphas_cumprod`` stays float32; the lookup is a tensor gather (no host
     synchronisation) and ``timestep`` may be an int, a 0-d/(1,) tensor or a (B,) tensor. With every training step
     visited it is MONAI's update. It remains a drop-in
@@ -49,23 +52,6 @@ class RespacedDDIMScheduler(RespacedSchedulerMixin, DDIMScheduler):
 
     def _final_alpha_cumprod(self) -> torch.Tensor:
         return torch.as_tensor(self.final_alpha_cumprod)
-
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Visit ``num_inference_steps`` timesteps (rounded linspace from T - 1 - offset to 0, plus offset).
-
-        Args:
-            num_inference_steps: number of sampling steps, in ``[1, num_train_timesteps]``.
-            device: device of ``self.timesteps``.
-
-        Raises:
-            ValueError: if ``num_inference_steps`` is outside ``[1, num_train_timesteps]``.
-        """
-        if not 1 <= int(num_inference_steps) <= self.num_train_timesteps:
-            raise ValueError(
-                f"`num_inference_steps` must be in [1, num_train_timesteps={self.num_train_timesteps}], "
-                f"got {num_inference_steps}."
-            )
-        super().set_timesteps(int(num_inference_steps), device=device)
 
     def _predict(
         self, model_output: torch.Tensor, timestep: int | torch.Tensor, sample: torch.Tensor, direction: str
@@ -107,7 +93,9 @@ class RespacedDDIMScheduler(RespacedSchedulerMixin, DDIMScheduler):
         noise = None
         if eta > 0:
             noise = torch.randn(sample.shape, dtype=wd, device=sample.device, generator=generator)
-        prev_sample = ddim_update(x0, eps, c_x0, c_eps, sigma, noise)
+        prev_sample = c_x0 * x0 + c_eps * eps  # eps is recomputed from x0 when x0 was clipped
+        if noise is not None:
+            prev_sample = prev_sample + sigma * noise
         return prev_sample.to(sample.dtype), x0.to(sample.dtype)
 
     def reversed_step(  # type: ignore[override]

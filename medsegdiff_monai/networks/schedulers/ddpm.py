@@ -53,23 +53,6 @@ class RespacedDDPMScheduler(RespacedSchedulerMixin, DDPMScheduler):
         schedule_args: arguments of the schedule function (``beta_start``, ``beta_end``, ...).
     """
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Visit ``num_inference_steps`` timesteps (rounded linspace from T - 1 to 0, as MONAI).
-
-        Args:
-            num_inference_steps: number of sampling steps, in ``[1, num_train_timesteps]``.
-            device: device of ``self.timesteps``.
-
-        Raises:
-            ValueError: if ``num_inference_steps`` is outside ``[1, num_train_timesteps]``.
-        """
-        if not 1 <= int(num_inference_steps) <= self.num_train_timesteps:
-            raise ValueError(
-                f"`num_inference_steps` must be in [1, num_train_timesteps={self.num_train_timesteps}], "
-                f"got {num_inference_steps}."
-            )
-        super().set_timesteps(int(num_inference_steps), device=device)
-
     def step(  # type: ignore[override]
         self,
         model_output: torch.Tensor,

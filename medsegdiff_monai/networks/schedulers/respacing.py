@@ -26,9 +26,24 @@ step actually visited. Everything is computed in float32 at least.
       mean = sqrt(a_s) * beta'_t / (1 - a_t) * x0 + sqrt(a_t / a_s) * (1 - a_s) / (1 - a_t) * x_t
       var  = (1 - a_s) / (1 - a_t) * beta'_t        ("fixed_small"; "fixed_large" uses beta'_t)
 
-  which equals DDIM with ``eta = 1`` whenever ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`` holds for the predicted
-  pair, i.e. unless clipping changed ``x0`` (then the posterior uses the clipped ``x0`` and ``x_t``, DDIM the
-  clipped ``x0`` and the network's ``eps``, as in MONAI).
+  which equals DDIM with ``eta = 1`` exactly (also with clipping, see below).
+
+- DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", algorithm 2), the multistep second-order solver of the
+  diffusion ODE in data prediction, with ``lambda = log(sqrt(a) / sqrt(1 - a))`` and ``h = lambda_s - lambda_t``::
+
+      x_s = sqrt(1 - a_s) / sqrt(1 - a_t) * x_t + sqrt(a_s) * (1 - exp(-h)) * D
+      D   = (1 + 1 / (2 r)) * x0 - 1 / (2 r) * x0_prev,   r = h_prev / h     (D = x0 at the first step)
+
+Consistent clipping, the principle every update here follows: **the update is a function of ``(x_t, x0)`` only**
+(plus the previous ``x0`` for DPM-Solver++ and fresh noise). When ``x0`` is clipped to ``[-1, 1]`` (or
+thresholded), the noise estimate the update implies is the one recomputed from the clipped ``x0`` and ``x_t``,
+``eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t)`` (guided-diffusion's rule), never the network's raw one. Keeping the
+raw noise beside a clipped ``x0`` (MONAI's and diffusers' DDIM) breaks the identity
+``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps``: for masks ``x0`` is clipped almost everywhere, so a small bias of the
+network's noise is re-added at every step instead of cancelling, and sampling gets *worse* as the number of steps
+grows (see ``tests/test_sampler.py``). All three samplers are therefore written as
+``x_s = c_xt * x_t + c_x0 * x0 + c_prev * x0_prev + sigma * z`` with per-step coefficients
+(:func:`update_coefficients`).
 """
 
 from __future__ import annotations
@@ -36,14 +51,37 @@ from __future__ import annotations
 import torch
 
 __all__ = [
+    "check_num_inference_steps",
     "spaced_timesteps",
     "previous_timestep_table",
     "next_timestep_table",
     "predict_x0_and_eps",
     "ddim_coefficients",
-    "ddim_update",
     "posterior_coefficients",
+    "dpm_solver_pp_2m_coefficients",
+    "update_coefficients",
 ]
+
+
+def check_num_inference_steps(num_inference_steps: int, num_train_timesteps: int) -> int:
+    """Validate a number of sampling steps (the one check every sampling path uses).
+
+    Args:
+        num_inference_steps: number n of sampling steps.
+        num_train_timesteps: length T of the training chain.
+
+    Returns:
+        ``int(num_inference_steps)``.
+
+    Raises:
+        ValueError: if ``num_inference_steps`` is outside ``[1, num_train_timesteps]``.
+    """
+    if not 1 <= int(num_inference_steps) <= int(num_train_timesteps):
+        raise ValueError(
+            f"`num_inference_steps` must be in [1, num_train_timesteps={num_train_timesteps}], "
+            f"got {num_inference_steps}."
+        )
+    return int(num_inference_steps)
 
 
 def spaced_timesteps(
@@ -64,11 +102,7 @@ def spaced_timesteps(
         ValueError: if ``num_inference_steps`` is outside ``[1, num_train_timesteps]`` or ``steps_offset`` outside
             ``[0, num_train_timesteps)``.
     """
-    if not 1 <= int(num_inference_steps) <= int(num_train_timesteps):
-        raise ValueError(
-            f"`num_inference_steps` must be in [1, num_train_timesteps={num_train_timesteps}], "
-            f"got {num_inference_steps}."
-        )
+    check_num_inference_steps(num_inference_steps, num_train_timesteps)
     if not 0 <= int(steps_offset) < int(num_train_timesteps):
         raise ValueError(f"`steps_offset` must be in [0, {num_train_timesteps}), got {steps_offset}.")
     steps = torch.linspace(num_train_timesteps - 1 - steps_offset, 0, int(num_inference_steps), device=device)
@@ -123,10 +157,11 @@ def predict_x0_and_eps(
     Scriptable with ``torch.jit.script`` (it runs inside :class:`~medsegdiff_monai.networks.nets.DiffusionSegmenter`);
     ``prediction_type`` is compared as a plain string (MONAI's ``DDPMPredictionType`` members are equal to them).
 
-    When ``clip_range`` is given only ``x0`` is clamped; ``eps`` stays the one implied by the raw network output
-    (as MONAI's and diffusers' DDIM do). Recomputing ``eps`` from the clamped ``x0`` (guided-diffusion's DDIM) is
-    equivalent for a perfect model but was clearly worse with a briefly trained one (disc task of
-    ``tests/test_learning.py``: mean member Dice 0.71 vs 0.81 with 10 DDIM steps), so it is not done.
+    When ``clip_range`` is given, ``x0`` is clamped and ``eps`` is recomputed from the clamped ``x0`` and ``x_t``
+    (``eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t)``, guided-diffusion's rule), so that the pair stays consistent:
+    ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps`` holds after clipping as before. MONAI's and diffusers' DDIM keep the
+    raw ``eps`` instead; with masks, whose ``x0`` is clipped almost everywhere, that re-adds any bias of the
+    network's noise at every step and makes sampling degrade as the number of steps grows (module docstring).
 
     Args:
         model_output: network output, shape (B, C, *spatial): noise, clean sample or velocity.
@@ -158,6 +193,7 @@ def predict_x0_and_eps(
         )
     if clip_range is not None:
         x0 = x0.clamp(clip_range[0], clip_range[1])
+        eps = (sample - sqrt_a * x0) / sqrt_1ma
     return x0, eps
 
 
@@ -184,33 +220,6 @@ def ddim_coefficients(
     return a_s.sqrt(), c_eps, sigma
 
 
-def ddim_update(
-    x0: torch.Tensor,
-    eps: torch.Tensor,
-    c_x0: torch.Tensor,
-    c_eps: torch.Tensor,
-    sigma: torch.Tensor | None = None,
-    noise: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """``x_s = c_x0 * x0 + c_eps * eps (+ sigma * noise)``; see :func:`ddim_coefficients`.
-
-    Args:
-        x0: predicted clean sample, shape (B, C, *spatial).
-        eps: predicted noise, same shape.
-        c_x0: coefficient of ``x0`` (0-d or broadcastable).
-        c_eps: coefficient of ``eps``.
-        sigma: standard deviation of the fresh noise; ignored when ``noise`` is None.
-        noise: standard normal noise shaped like ``x0``, or None for the deterministic update.
-
-    Returns:
-        ``x_s``, shaped like ``x0``.
-    """
-    out = c_x0 * x0 + c_eps * eps
-    if noise is not None and sigma is not None:
-        out = out + sigma * noise
-    return out
-
-
 def posterior_coefficients(
     alpha_prod_t: torch.Tensor, alpha_prod_prev: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -233,3 +242,82 @@ def posterior_coefficients(
     c_xt = (a_t / a_s).sqrt() * (1.0 - a_s) / (1.0 - a_t)
     var_small = (1.0 - a_s) / (1.0 - a_t) * beta
     return c_x0, c_xt, var_small, beta
+
+
+def dpm_solver_pp_2m_coefficients(
+    alpha_prod_t: torch.Tensor, alpha_prod_next: torch.Tensor, alpha_prod_prev: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Coefficients of one DPM-Solver++(2M) step ``x_s = c_xt * x_t + c_x0 * x0 + c_prev * x0_prev``.
+
+    Lu et al. 2022, algorithm 2 (multistep, second order, data prediction). The step goes from level ``a_t`` to
+    ``a_s``; ``alpha_prod_prev`` is the level of the step *before* ``t`` (where ``x0_prev`` was predicted). Without
+    it (the first step) the update is first order: DDIM with ``eta = 0``. A step to the clean sample (``a_s = 1``,
+    ``h = inf``) is first order as well and lands on ``x0`` (``c_x0 = 1``), as the solver's ``lower_order_final``.
+
+    Args:
+        alpha_prod_t: ``alpha_bar`` of the current step.
+        alpha_prod_next: ``alpha_bar`` of the step reached.
+        alpha_prod_prev: ``alpha_bar`` of the previous step, or None at the first step.
+
+    Returns:
+        ``(c_xt, c_x0, c_prev)``, broadcast from the inputs.
+    """
+    a_t = alpha_prod_t.double()
+    a_s = alpha_prod_next.to(a_t)
+    lam_t = 0.5 * (a_t.log() - (1.0 - a_t).log())
+    lam_s = 0.5 * (a_s.log() - (1.0 - a_s).log())  # +inf for a_s = 1
+    final = a_s >= 1.0
+    sig_ratio = torch.where(final, torch.zeros_like(a_t), ((1.0 - a_s) / (1.0 - a_t)).clamp(min=0.0).sqrt())
+    phi = a_s.sqrt() * -torch.expm1(-(lam_s - lam_t))  # sqrt(a_s) * (1 - exp(-h)); 1 when a_s = 1
+    if alpha_prod_prev is None:
+        return sig_ratio, phi, torch.zeros_like(phi)
+    a_p = alpha_prod_prev.to(a_t)
+    lam_p = 0.5 * (a_p.log() - (1.0 - a_p).log())
+    inv_2r = (lam_s - lam_t) / (2.0 * (lam_t - lam_p))  # 1 / (2 r), r = h_prev / h
+    inv_2r = torch.where(final, torch.zeros_like(inv_2r), inv_2r)
+    return sig_ratio, phi * (1.0 + inv_2r), -phi * inv_2r
+
+
+def update_coefficients(
+    sampler: str,
+    alpha_prod_t: torch.Tensor,
+    alpha_prod_next: torch.Tensor,
+    alpha_prod_prev: torch.Tensor | None = None,
+    eta: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-step coefficients of ``x_s = c_xt * x_t + c_x0 * x0 + c_prev * x0_prev + sigma * z`` for a sampler.
+
+    Every sampler is written in terms of ``(x_t, x0)``, so a clipped ``x0`` is always paired with the noise it
+    implies (module docstring). Element-wise on tensors of any shape (e.g. all steps at once), computed in float64.
+
+    - "ddim": DDIM with ``eta``: ``x_s = sqrt(a_s) x0 + c_eps eps + sigma z`` with the consistent
+      ``eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t)``;
+    - "ddpm": the respaced posterior ``q(x_s | x_t, x0)`` ("fixed_small" variance) = DDIM with ``eta = 1``;
+    - "dpmpp_2m": DPM-Solver++(2M) (:func:`dpm_solver_pp_2m_coefficients`), deterministic.
+
+    Args:
+        sampler: "ddim", "ddpm" or "dpmpp_2m".
+        alpha_prod_t: ``alpha_bar`` of the current step.
+        alpha_prod_next: ``alpha_bar`` of the step reached (1 for the clean sample).
+        alpha_prod_prev: ``alpha_bar`` of the previous visited step ("dpmpp_2m" only; None at the first step).
+        eta: DDIM stochasticity ("ddim" only).
+
+    Returns:
+        ``(c_xt, c_x0, c_prev, sigma)``, float64.
+
+    Raises:
+        ValueError: for an unknown ``sampler``.
+    """
+    a_t = alpha_prod_t.double()
+    a_s = alpha_prod_next.to(a_t)
+    if sampler == "dpmpp_2m":
+        c_xt, c_x0, c_prev = dpm_solver_pp_2m_coefficients(a_t, a_s, alpha_prod_prev)
+        return c_xt, c_x0, c_prev, torch.zeros_like(c_xt)
+    if sampler == "ddpm":
+        c_x0, c_xt, var, _ = posterior_coefficients(a_t, a_s)
+        return c_xt, c_x0, torch.zeros_like(c_xt), var.clamp(min=0.0).sqrt()
+    if sampler == "ddim":
+        sqrt_as, c_eps, sigma = ddim_coefficients(a_t, a_s, eta)
+        c_xt = c_eps / (1.0 - a_t).sqrt()  # eps = (x_t - sqrt(a_t) x0) / sqrt(1 - a_t)
+        return c_xt, sqrt_as - c_xt * a_t.sqrt(), torch.zeros_like(c_xt), sigma
+    raise ValueError(f"`sampler` must be one of 'ddpm', 'ddim', 'dpmpp_2m', got {sampler!r}.")
