@@ -346,8 +346,9 @@ def _train_setup(cfg: dict[str, Any]) -> tuple[Callable[[], Any], Callable[[], A
     net, mode = _network(cfg)
     net.train()
     size, batch = cfg["size"], cfg["train_batch"]
-    prepare_batch = SegDiffusionPrepareBatch(NUM_TRAIN_TIMESTEPS)
-    inferer = AutocastDiffusionInferer(RespacedDDPMScheduler(NUM_TRAIN_TIMESTEPS), autocast_dtype=autocast)
+    scheduler = RespacedDDPMScheduler(NUM_TRAIN_TIMESTEPS)
+    prepare_batch = SegDiffusionPrepareBatch(scheduler)
+    inferer = AutocastDiffusionInferer(scheduler, autocast_dtype=autocast)
     loss_function = nn.MSELoss()
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
     g = torch.Generator().manual_seed(0)

@@ -26,7 +26,7 @@ def test_same_as_monai_without_autocast():
     torch.manual_seed(0)
     net = MedSegDiffUNet.from_preset("XS", in_channels=2, out_channels=1)
     sched = RespacedDDPMScheduler(1000)
-    x0, _, _, kwargs = SegDiffusionPrepareBatch(1000)(_batch())
+    x0, _, _, kwargs = SegDiffusionPrepareBatch(RespacedDDPMScheduler(1000))(_batch())
     ours = AutocastDiffusionInferer(sched)(x0, net, **kwargs)
     stock = DiffusionInferer(sched)(x0, net, **kwargs)
     torch.testing.assert_close(ours, stock)
@@ -42,7 +42,7 @@ def test_bfloat16_training_step():
     trainer = SupervisedTrainer(
         device=torch.device("cpu"), max_epochs=1, train_data_loader=[_batch()] * 2, epoch_length=2, network=net,
         optimizer=torch.optim.AdamW(net.parameters(), lr=1e-3), loss_function=torch.nn.MSELoss(),
-        inferer=AutocastDiffusionInferer(sched, "bfloat16"), prepare_batch=SegDiffusionPrepareBatch(1000),
+        inferer=AutocastDiffusionInferer(sched, "bfloat16"), prepare_batch=SegDiffusionPrepareBatch(sched),
         decollate=False,
     )
     trainer.run()

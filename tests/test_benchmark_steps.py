@@ -23,7 +23,9 @@ def test_steps_vs_accuracy_quick(tmp_path):
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     report = json.loads((tmp_path / "docs" / "steps_vs_accuracy.json").read_text())
-    assert {(r["sampler"], r["steps"]) for r in report["rows"]} == {(s, n) for s in ("ddpm", "ddim") for n in (2, 1)}
+    samplers = ("ddpm", "ddim", "dpmpp_2m")
+    assert {(r["sampler"], r["steps"]) for r in report["rows"]} == {(s, n) for s in samplers for n in (2, 1)}
+    assert set(report["loss_at_most_steps"]) == set(samplers)
     for r in report["rows"]:
         assert 0.0 <= r["mean_dice"] <= 1.0 and r["seconds"] > 0
     rec = report["recommended"]

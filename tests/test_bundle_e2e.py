@@ -13,6 +13,7 @@ import csv
 import functools
 import hashlib
 import http.server
+import json
 import os
 import re
 import shutil
@@ -141,6 +142,28 @@ def test_cli_predict_on_unlabeled_cases(trained, tmp_path):
     assert _digest(out_dir) == written  # nothing written over
 
 
+def test_inference_is_reproducible_per_case(trained, tmp_path):
+    """With the bundle's seed, a case's prediction is the same alone, with other cases, and in any order."""
+    bundle, _ = trained
+    cases = [c for c in ("BraTS2021_00000", "BraTS2021_00003", "BraTS2021_00005")]
+    runs = {"forward": cases, "reversed": cases[::-1], "alone": cases[1:2]}
+    for name, order in runs.items():
+        listing = tmp_path / f"{name}.json"
+        items = [{"case_id": c, "image": [str(bundle / "data" / "demo" / c / f"{c}_{m}.nii.gz")
+                                          for m in ("t1", "t1ce", "t2", "flair")]} for c in order]
+        listing.write_text(json.dumps(items))
+        run_bundle(bundle, "run", "--config_file", "['configs/inference.json','configs/demo.json']",
+                   "--datalist", f"$__import__('json').load(open('{listing}'))",
+                   "--output_dir", str(tmp_path / name))
+
+    def seg(name, case):
+        return np.asarray(nib.load(tmp_path / name / f"{case}_seg.nii.gz").dataobj)
+
+    for case in cases:
+        np.testing.assert_array_equal(seg("forward", case), seg("reversed", case))
+    np.testing.assert_array_equal(seg("forward", cases[1]), seg("alone", cases[1]))
+
+
 def test_zoo_download_and_load(trained, tmp_path):
     """Zip the trained bundle, serve it on 127.0.0.1, fetch it with monai.bundle.download, build it with load."""
     from monai.bundle import download, load
@@ -179,11 +202,15 @@ def test_zoo_download_and_load(trained, tmp_path):
     assert prob.shape == (2, 1, 64, 64)
 
 
-def test_ckpt_export_torchscript_loads_and_matches(trained, tmp_path):
+@pytest.mark.parametrize("sampler", [None, "dpmpp_2m"])
+def test_ckpt_export_torchscript_loads_and_matches(trained, tmp_path, sampler):
+    """The exported TorchScript module samples by itself, with the bundle's default sampler or ``--sampler``."""
     bundle, _ = trained
     ts = tmp_path / "model.ts"
+    extra = [] if sampler is None else ["--sampler", sampler]
     run_bundle(bundle, "ckpt_export", "network_def", "--filepath", str(ts), "--ckpt_file", "models/model.pt",
-               "--meta_file", "configs/metadata.json", "--config_file", "['configs/inference.json','configs/demo.json']")
+               "--meta_file", "configs/metadata.json", "--config_file", "['configs/inference.json','configs/demo.json']",
+               *extra)
     from monai.data import load_net_with_metadata
     from monai.bundle import ConfigParser
 
@@ -192,7 +219,10 @@ def test_ckpt_export_torchscript_loads_and_matches(trained, tmp_path):
     parser = ConfigParser()
     parser.read_config([str(bundle / "configs" / "inference.json"), str(bundle / "configs" / "demo.json")])
     parser["bundle_root"] = str(bundle)
+    if sampler is not None:
+        parser["sampler"] = sampler
     eager = parser.get_parsed_content("network_def")
+    assert eager.sampler == (sampler or parser["sampler"])
     eager.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))
     image = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(0)

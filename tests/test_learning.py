@@ -71,7 +71,7 @@ def train_and_evaluate(prediction_type: str, seed: int = 0) -> tuple[float, floa
         optimizer=optimizer,
         loss_function=torch.nn.MSELoss(),
         inferer=DiffusionInferer(scheduler),
-        prepare_batch=SegDiffusionPrepareBatch(1000, prediction_type=prediction_type, scheduler=scheduler),
+        prepare_batch=SegDiffusionPrepareBatch(scheduler),
         train_handlers=[LrScheduleHandler(lr_schedule, epoch_level=False, print_lr=False)],
         decollate=False,
     )

@@ -45,13 +45,13 @@ class SpyNet(torch.nn.Module):
 
 
 def test_is_a_monai_diffusion_prepare_batch():
-    assert isinstance(SegDiffusionPrepareBatch(), DiffusionPrepareBatch)
+    assert isinstance(SegDiffusionPrepareBatch(RespacedDDPMScheduler(T)), DiffusionPrepareBatch)
 
 
 @parameterized.expand([("epsilon",), ("sample",), ("v_prediction",)])
 def test_outputs(prediction_type):
     sched = RespacedDDPMScheduler(T, prediction_type=prediction_type)
-    pb = SegDiffusionPrepareBatch(T, prediction_type=prediction_type, scheduler=sched)
+    pb = SegDiffusionPrepareBatch(sched)
     batch = _batch()
     x0, target, args, kwargs = pb(batch, device="cpu")
     torch.testing.assert_close(x0, batch["label"] * 2 - 1)
@@ -73,40 +73,37 @@ def test_outputs(prediction_type):
 
 
 def test_tuple_batch_keys_and_metatensor():
-    pb = SegDiffusionPrepareBatch(T, image_key="img", label_key="seg")
+    pb = SegDiffusionPrepareBatch(RespacedDDPMScheduler(T), image_key="img", label_key="seg")
     batch = _batch()
     x0, _, _, kw = pb({"img": MetaTensor(batch["image"]), "seg": MetaTensor(batch["label"])})
     assert type(x0) is torch.Tensor and type(kw["condition"]) is torch.Tensor
-    x0b, _, _, kwb = SegDiffusionPrepareBatch(T)((batch["image"], batch["label"]))
+    x0b, _, _, kwb = SegDiffusionPrepareBatch(RespacedDDPMScheduler(T))((batch["image"], batch["label"]))
     torch.testing.assert_close(x0, x0b)
     torch.testing.assert_close(kw["condition"], kwb["condition"])
     with pytest.raises(ValueError, match="label"):
-        SegDiffusionPrepareBatch(T)({"image": batch["image"]})
+        SegDiffusionPrepareBatch(RespacedDDPMScheduler(T))({"image": batch["image"]})
     with pytest.raises(ValueError, match="batchdata"):
-        SegDiffusionPrepareBatch(T)(batch["image"])
-    x0u, _, _, _ = SegDiffusionPrepareBatch(T)({"image": batch["image"], "label": batch["label"].to(torch.uint8)})
+        SegDiffusionPrepareBatch(RespacedDDPMScheduler(T))(batch["image"])
+    x0u, _, _, _ = SegDiffusionPrepareBatch(RespacedDDPMScheduler(T))({"image": batch["image"], "label": batch["label"].to(torch.uint8)})
     assert x0u.dtype == torch.float32
 
 
 def test_timesteps_cover_the_chain():
     torch.manual_seed(0)
-    pb = SegDiffusionPrepareBatch(10)
+    pb = SegDiffusionPrepareBatch(RespacedDDPMScheduler(10))
     seen = torch.cat([pb(_batch(b=16))[3]["timesteps"] for _ in range(20)])
     assert set(seen.tolist()) == set(range(10))
 
 
-@parameterized.expand(
-    [
-        ({"num_train_timesteps": 0}, "num_train_timesteps"),
-        ({"prediction_type": "noise"}, "prediction_type"),
-        ({"prediction_type": "v_prediction"}, "scheduler"),
-        ({"scheduler": DDPMScheduler(500)}, "num_train_timesteps"),
-        ({"scheduler": DDPMScheduler(T, prediction_type="sample")}, "prediction_type"),
-    ]
-)
-def test_invalid_arguments(kwargs, name):
-    with pytest.raises(ValueError, match=name):
-        SegDiffusionPrepareBatch(**kwargs)
+def test_reads_chain_length_and_prediction_type_from_the_scheduler():
+    pb = SegDiffusionPrepareBatch(DDPMScheduler(10, prediction_type="sample"))
+    assert pb.num_train_timesteps == 10 and pb.prediction_type == "sample"
+    with pytest.raises(ValueError, match="scheduler"):
+        SegDiffusionPrepareBatch(object())  # type: ignore[arg-type]
+    bad = DDPMScheduler(10)
+    bad.prediction_type = "noise"
+    with pytest.raises(ValueError, match="prediction_type"):
+        SegDiffusionPrepareBatch(bad)
 
 
 def test_supervised_trainer_with_stock_diffusion_inferer():
@@ -126,7 +123,7 @@ def test_supervised_trainer_with_stock_diffusion_inferer():
         optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
         loss_function=torch.nn.MSELoss(),
         inferer=DiffusionInferer(sched),
-        prepare_batch=SegDiffusionPrepareBatch(T),
+        prepare_batch=SegDiffusionPrepareBatch(RespacedDDPMScheduler(T)),
         decollate=False,
     )
     trainer.add_event_handler(
@@ -156,8 +153,6 @@ def test_json_configurable():
             },
             "prepare_batch": {
                 "_target_": "medsegdiff_monai.engines.SegDiffusionPrepareBatch",
-                "num_train_timesteps": 1000,
-                "prediction_type": "v_prediction",
                 "scheduler": "@scheduler",
             },
         }

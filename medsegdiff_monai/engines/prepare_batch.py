@@ -11,10 +11,12 @@ import torch
 
 from monai.data.meta_tensor import MetaTensor
 from monai.engines.utils import DiffusionPrepareBatch
+from monai.networks.schedulers import Scheduler
+from monai.networks.schedulers.ddpm import DDPMPredictionType
+
+from medsegdiff_monai.utils.enums import look_up_named_option
 
 __all__ = ["SegDiffusionPrepareBatch"]
-
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
 def _plain(x: Any) -> torch.Tensor:
@@ -31,9 +33,12 @@ class SegDiffusionPrepareBatch(DiffusionPrepareBatch):
 
     - ``x0 = 2 * mask - 1``: the mask mapped to [-1, 1], the sample that is diffused;
     - ``kwargs = {"noise": eps, "timesteps": t, "condition": image}`` with ``eps ~ N(0, I)`` shaped like ``x0``
-      and ``t`` uniform in ``[0, num_train_timesteps)``, shape (B,);
-    - ``target``: ``eps`` for ``prediction_type="epsilon"`` (the paper), ``x0`` for "sample", or the velocity
-      ``scheduler.get_velocity(x0, eps, t)`` for "v_prediction".
+      and ``t`` uniform in ``[0, scheduler.num_train_timesteps)``, shape (B,);
+    - ``target``: by the scheduler's ``prediction_type``: ``eps`` for "epsilon" (the paper), ``x0`` for "sample",
+      or the velocity ``scheduler.get_velocity(x0, eps, t)`` for "v_prediction".
+
+    The chain length and the prediction type are the scheduler's, the same object the inferer noises with and
+    samples from, so training and sampling cannot disagree about them.
 
     The trainer then calls ``inferer(x0, network, noise=..., timesteps=..., condition=image)``: MONAI's stock
     :class:`monai.inferers.DiffusionInferer` (default mode "crossattn") noises ``x0`` with the scheduler and calls
@@ -48,50 +53,28 @@ class SegDiffusionPrepareBatch(DiffusionPrepareBatch):
         trainer = SupervisedTrainer(
             device=device, max_epochs=100, train_data_loader=loader, network=net, optimizer=opt,
             loss_function=torch.nn.MSELoss(), inferer=DiffusionInferer(scheduler),
-            prepare_batch=SegDiffusionPrepareBatch(num_train_timesteps=1000),
+            prepare_batch=SegDiffusionPrepareBatch(scheduler),
         )
 
     Args:
-        num_train_timesteps: length T of the diffusion chain (the scheduler's ``num_train_timesteps``).
+        scheduler: the MONAI scheduler of the training (``num_train_timesteps``, ``prediction_type`` and, for
+            "v_prediction", ``get_velocity``).
         image_key: key of the image (condition) in dict batches.
         label_key: key of the mask in dict batches.
-        prediction_type: "epsilon", "sample" or "v_prediction"; must match the scheduler's when one is given.
-        scheduler: MONAI scheduler, needed for "v_prediction".
 
     Raises:
         ValueError: on an invalid argument (named in the message).
     """
 
-    def __init__(
-        self,
-        num_train_timesteps: int = 1000,
-        image_key: str = "image",
-        label_key: str = "label",
-        prediction_type: str = "epsilon",
-        scheduler: torch.nn.Module | None = None,
-    ) -> None:
-        if int(num_train_timesteps) < 1:
-            raise ValueError(f"`num_train_timesteps` must be >= 1, got {num_train_timesteps}.")
-        if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"`prediction_type` must be one of {PREDICTION_TYPES}, got {prediction_type!r}.")
-        if prediction_type == "v_prediction" and scheduler is None:
-            raise ValueError("`prediction_type='v_prediction'` needs a `scheduler` (for get_velocity).")
-        if scheduler is not None:
-            sched_t = getattr(scheduler, "num_train_timesteps", None)
-            if sched_t is not None and int(sched_t) != int(num_train_timesteps):
-                raise ValueError(
-                    f"`num_train_timesteps`={num_train_timesteps} differs from the scheduler's {sched_t}."
-                )
-            sched_p = getattr(scheduler, "prediction_type", None)
-            if sched_p is not None and sched_p != prediction_type:
-                raise ValueError(
-                    f"`prediction_type`={prediction_type!r} differs from the scheduler's {sched_p!r}; sampling "
-                    "would misread the network output."
-                )
-        super().__init__(num_train_timesteps=int(num_train_timesteps), condition_name=image_key)
+    def __init__(self, scheduler: Scheduler, image_key: str = "image", label_key: str = "label") -> None:
+        num_train = int(getattr(scheduler, "num_train_timesteps", 0))
+        if num_train < 1:
+            raise ValueError("`scheduler` must be a MONAI Scheduler with a positive `num_train_timesteps`.")
+        prediction_type = str(getattr(scheduler, "prediction_type", DDPMPredictionType.EPSILON))
+        super().__init__(num_train_timesteps=num_train, condition_name=image_key)
         self.image_key = image_key
         self.label_key = label_key
-        self.prediction_type = prediction_type
+        self.prediction_type = look_up_named_option("scheduler.prediction_type", prediction_type, DDPMPredictionType)
         self.scheduler = scheduler
 
     def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -108,7 +91,7 @@ class SegDiffusionPrepareBatch(DiffusionPrepareBatch):
         if self.prediction_type == "sample":
             return images
         if self.prediction_type == "v_prediction":
-            return self.scheduler.get_velocity(images, noise, timesteps)  # type: ignore[union-attr,operator]
+            return self.scheduler.get_velocity(images, noise, timesteps)  # type: ignore[operator]
         return noise
 
     def __call__(

@@ -36,7 +36,7 @@ class AutocastDiffusionInferer(DiffusionInferer):
     Example::
 
         trainer = SupervisedTrainer(..., inferer=AutocastDiffusionInferer(scheduler, "bfloat16"),
-                                    prepare_batch=SegDiffusionPrepareBatch(1000), loss_function=torch.nn.MSELoss())
+                                    prepare_batch=SegDiffusionPrepareBatch(scheduler), loss_function=torch.nn.MSELoss())
     """
 
     def __init__(self, scheduler: Scheduler, autocast_dtype: str | None = None) -> None:
