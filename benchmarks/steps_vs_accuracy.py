@@ -62,7 +62,7 @@ def load_bundle(bundle_dir: Path, configs: list[str], untrained: bool = False) -
 
 
 def pick_slices(parser: ConfigParser, splits: list[str], per_case: int) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """``per_case`` axial slices of every case of ``splits``: evenly spaced over the slices with tumour, plus one
+    """``per_case`` axial slices of every case of ``splits``: at interior quantiles of the slices with tumour, plus one
     slice without tumour when there is one; preprocessed as the bundle's evaluation does."""
     datalist = parser.get_parsed_content("datalist")
     preprocessing = parser.get_parsed_content("validate#preprocessing")
@@ -77,7 +77,8 @@ def pick_slices(parser: ConfigParser, splits: list[str], per_case: int) -> tuple
             tumour = torch.nonzero(area > 0).flatten().tolist()
             empty = torch.nonzero(area == 0).flatten().tolist()
             n_tumour = per_case - 1 if empty and per_case > 1 else per_case
-            chosen = [tumour[round(i * (len(tumour) - 1) / max(n_tumour - 1, 1))] for i in range(n_tumour)] if tumour else []
+            # interior quantiles of the tumour's extent (its first and last slices hold a few voxels each)
+            chosen = [tumour[int((i + 0.5) * len(tumour) / n_tumour)] for i in range(n_tumour)] if tumour else []
             if empty and len(chosen) < per_case:
                 chosen.append(empty[len(empty) // 2])
             for z in sorted(set(chosen)):
@@ -182,8 +183,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"- model: the bundle's `models/model.pt` trained with {' + '.join(b['configs'])} (preset {b['preset']}, "
         f"{b['spatial_size'][0]}x{b['spatial_size'][1]}, regions {b['regions']}, "
         f"{b['num_train_timesteps']} training timesteps)",
-        f"- data: {len(report['slices'])} axial slices of the validation and test cases (evenly spaced over the "
-        "slices with tumour, plus one without), preprocessed as the bundle's evaluation does",
+        f"- data: {len(report['slices'])} axial slices of the validation and test cases (at interior quantiles of the "
+        "slices with tumour at interior quantiles, plus one without), preprocessed as the bundle's evaluation does",
         f"- ensemble of {report['num_ensemble']} members batched, mean fused, threshold {report['threshold']}, "
         f"seed {report['seed']}; Dice pooled over the slice set; time = wall time per slice for the whole ensemble",
         "",

@@ -388,6 +388,22 @@ def test_slice_mode(slice_axis, sw_batch_size):
         inferer(_image((1, 1, 8, 8)), oracle)
 
 
+def test_slice_mode_skips_empty_slices():
+    """Slices with no nonzero voxel (background outside the head) cost no network call and come out empty."""
+    scheduler = DDPMScheduler(T)
+    oracle = MaskOracle(scheduler)
+    volume = _image((2, 1, 8, 8, 6)) + 0.01
+    volume[0, :, :, :, :2] = 0  # two empty slices in the first volume, four in the second
+    volume[1, :, :, :, 2:] = 0
+    out = DiffusionSegInferer(scheduler, num_inference_steps=3, num_ensemble=2, slice_axis=2, sw_batch_size=3,
+                              seed=0, output="all")(volume, oracle)
+    assert sum(oracle.batches) == (4 + 2) * 2 * 3  # 6 non-empty slices x 2 members x 3 steps
+    assert oracle.batches[:3] == [6, 6, 6]  # slices of different volumes share network calls
+    torch.testing.assert_close(out["mask"], (volume > 0.5).float())
+    assert float(out["samples"][0, :, :, :, :, :2].abs().max()) == 0.0
+    assert float(out["uncertainty"][1, :, :, :, 2:].abs().max()) == 0.0
+
+
 def test_inside_monai_slice_inferer():
     scheduler = DDPMScheduler(T)
     oracle = MaskOracle(scheduler)

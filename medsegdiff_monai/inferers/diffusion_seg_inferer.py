@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from monai.data.meta_tensor import MetaTensor
-from monai.inferers import Inferer, SliceInferer
+from monai.inferers import Inferer
 from monai.networks.schedulers import Scheduler
 from monai.utils import StrEnum, optional_import
 from torch import nn
@@ -106,7 +106,7 @@ class DiffusionSegInferer(Inferer):
     give MetaTensor outputs carrying the input's metadata.
 
     With ``slice_axis`` set, a 3D volume (B, C_in, H, W, D) is segmented with a 2D network slice by slice along
-    that spatial axis via :class:`monai.inferers.SliceInferer`, ``sw_batch_size`` slices x ``num_ensemble``
+    that spatial axis (slices without a nonzero voxel are skipped), ``sw_batch_size`` slices x ``num_ensemble``
     members per network call; fusion (incl. STAPLE) and uncertainty are then computed on the whole volume.
 
     Example::
@@ -290,26 +290,31 @@ class DiffusionSegInferer(Inferer):
         return segmenter.sample(image, seeds=seeds)
 
     def _sample_slices(self, image: torch.Tensor, segmenter: DiffusionSegmenter) -> torch.Tensor:
-        """Slice mode: a 2D network over a 3D volume via MONAI's SliceInferer, slices x members batched."""
+        """Slice mode: a 2D network over 3D volumes, slice by slice along ``slice_axis``.
+
+        Slices without any nonzero voxel (outside the head: MRI background is 0, before and after MONAI's
+        ``NormalizeIntensity(nonzero=True)``) are not sampled; their members are 0 (background, no uncertainty).
+        The others, of all volumes of the batch, go through the network ``sw_batch_size`` slices x
+        ``num_ensemble`` members per call. Written instead of :class:`monai.inferers.SliceInferer`, which samples
+        every slice and batches slices of one volume only.
+        """
         if image.ndim != 5:
             raise ValueError(
                 f"`slice_axis`={self.slice_axis} needs 3D inputs of shape (B, C, H, W, D), got {tuple(image.shape)}."
             )
         assert self.slice_axis is not None
-        roi = [s for d, s in enumerate(image.shape[2:]) if d != self.slice_axis]
-        slicer = SliceInferer(
-            roi_size=roi, sw_batch_size=self.sw_batch_size, spatial_dim=self.slice_axis, overlap=0.0, mode="constant"
-        )
-        n, n_ch = self.num_ensemble, segmenter.out_channels
-
-        def predictor(slices: torch.Tensor) -> torch.Tensor:
-            # (S, C_in, h, w) -> (S, N * C, h, w): members flattened into channels for the merger
-            return self._sample(segmenter, slices).flatten(1, 2)
-
-        merged = slicer(image, predictor)
-        assert isinstance(merged, torch.Tensor)
-        merged = merged.as_tensor() if isinstance(merged, MetaTensor) else merged
-        return merged.reshape((image.shape[0], n, n_ch) + tuple(image.shape[2:])).float()
+        axis = 2 + self.slice_axis
+        b, n, n_ch = image.shape[0], self.num_ensemble, segmenter.out_channels
+        slices = image.movedim(axis, 1)  # (B, S, C, h, w)
+        num_slices, plane = slices.shape[1], tuple(slices.shape[3:])
+        slices = slices.reshape((b * num_slices,) + tuple(slices.shape[2:]))
+        keep = torch.nonzero(slices.flatten(1).ne(0).any(dim=1)).flatten()  # one host sync per volume batch
+        members = torch.zeros((b * num_slices, n, n_ch) + plane, dtype=torch.float32, device=image.device)
+        for chunk in keep.split(self.sw_batch_size):
+            members[chunk] = self._sample(segmenter, slices[chunk])
+        members = members.reshape((b, num_slices, n, n_ch) + plane)  # (B, S, N, C, h, w) -> (B, N, C, *spatial)
+        return members.permute(0, 2, 3, *[4 + d if d < self.slice_axis else (1 if d == self.slice_axis else 3 + d)
+                                          for d in range(3)])
 
     def _fuse(self, samples: torch.Tensor) -> dict[str, torch.Tensor]:
         """Fuse member probabilities (B, N, C, *spatial) into prob, mask, fused and uncertainty."""
