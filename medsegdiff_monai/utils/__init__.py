@@ -1,5 +1,15 @@
 from __future__ import annotations
 
 from .bundle import case_id_from_path, case_name_formatter, find_bundle_root, latest_checkpoint, prepare_datalist
+from .checkpoint import CheckpointError, check_checkpoint, load_checkpoint
 
-__all__ = ["case_id_from_path", "case_name_formatter", "find_bundle_root", "latest_checkpoint", "prepare_datalist"]
+__all__ = [
+    "CheckpointError",
+    "case_id_from_path",
+    "case_name_formatter",
+    "check_checkpoint",
+    "find_bundle_root",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "prepare_datalist",
+]
