@@ -1,0 +1,184 @@
+# Copyright (c) medsegdiff-monai contributors
+# Licensed under the Apache License, Version 2.0
+"""Faults at scale: damaged checkpoints (evaluation, inference, resume) and interrupted writes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from ignite.engine import Engine, Events
+
+from monai.bundle import ConfigParser
+from monai.handlers import CheckpointSaver
+from medsegdiff_monai.__main__ import main
+from medsegdiff_monai.handlers import AtomicCheckpointSaver, CheckedCheckpointLoader
+from medsegdiff_monai.utils import CheckpointError, check_checkpoint, latest_checkpoint
+
+CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _saved_state_dict(path: Path, net: torch.nn.Module | None = None) -> Path:
+    torch.save((net or torch.nn.Conv2d(8, 8, 3)).state_dict(), path)
+    return path
+
+
+def _idle_engine() -> Engine:
+    return Engine(lambda engine, batch: None)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "text", "empty"])
+def test_check_checkpoint_names_the_damaged_file(tmp_path, damage):
+    path = _saved_state_dict(tmp_path / "model.pt")
+    check_checkpoint(path)  # intact: no error
+    if damage == "truncated":
+        _truncate(path)
+    elif damage == "text":
+        path.write_text("version https://git-lfs.github.com/spec/v1\n")  # e.g. a Git LFS pointer
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as err:
+        check_checkpoint(path)
+    assert str(path) in str(err.value) and err.value.path == str(path)
+    assert "weights_only=False" not in str(err.value)
+    assert isinstance(err.value, ValueError)  # the command line reports ValueErrors as one line
+
+
+def test_check_checkpoint_missing_file_is_not_corruption(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.pt"):
+        check_checkpoint(tmp_path / "model.pt")
+
+
+def test_loader_handler_names_a_truncated_checkpoint(tmp_path):
+    net = torch.nn.Conv2d(8, 8, 3)
+    path = _saved_state_dict(tmp_path / "model.pt", net)
+    engine = _idle_engine()
+    CheckedCheckpointLoader(load_path=str(path), load_dict={"model": net}).attach(engine)
+    engine.run([0])  # intact: loads
+    _truncate(path)
+    engine = _idle_engine()
+    CheckedCheckpointLoader(load_path=str(path), load_dict={"model": net}).attach(engine)
+    with pytest.raises(CheckpointError, match=f"{path}: checkpoint is truncated or corrupt"):
+        engine.run([0])
+
+
+@pytest.mark.parametrize("config,handlers", [
+    (["train.json", "demo.json", "evaluate.json"], "validate#handlers"),
+    (["inference.json", "demo.json"], "handlers"),
+])
+def test_bundle_evaluation_and_inference_name_a_truncated_model(tmp_path, config, handlers):
+    """The checkpoint loader of evaluate.json and inference.json, as the bundle builds it."""
+    ckpt_dir = tmp_path / "models"
+    ckpt_dir.mkdir()
+    _truncate(_saved_state_dict(ckpt_dir / "model.pt"))
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / name) for name in config])
+    parser.update({"bundle_root": str(tmp_path), "ckpt_dir": str(ckpt_dir), "device": "$torch.device('cpu')"})
+    loader = parser.get_parsed_content(f"{handlers}#0")
+    assert isinstance(loader, CheckedCheckpointLoader)
+    with pytest.raises(CheckpointError, match=f"{ckpt_dir / 'model.pt'}: checkpoint is truncated or corrupt"):
+        loader(_idle_engine())
+
+
+def test_cli_predict_names_a_truncated_model_before_any_work(tmp_path, capsys):
+    from medsegdiff_monai.data import make_demo_data
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(CONFIGS, bundle / "configs")
+    (bundle / "models").mkdir()
+    model = bundle / "models" / "model.pt"
+    _truncate(_saved_state_dict(model))
+    cases, out = tmp_path / "cases", tmp_path / "out"
+    make_demo_data(cases, num_cases=1, shape=(16, 16, 8))
+    assert main(["predict", str(cases), str(out), "--bundle_dir", str(bundle)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"medsegdiff-monai: error: {model}: checkpoint is truncated or corrupt")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def _checkpoints(folder: Path, epochs) -> list[Path]:
+    paths = []
+    for n in epochs:
+        paths.append(folder / f"checkpoint_checkpoint_epoch={n}.pt")
+        torch.save({"model": {"w": torch.full((4,), float(n))}}, paths[-1])
+    return paths
+
+
+def test_latest_checkpoint_skips_a_truncated_newest(tmp_path, caplog):
+    older, newest = _checkpoints(tmp_path, (3, 4))
+    assert latest_checkpoint(tmp_path) == str(newest)
+    _truncate(newest)
+    with caplog.at_level(logging.WARNING, logger="medsegdiff_monai.utils.bundle"):
+        assert latest_checkpoint(tmp_path) == str(older)
+    assert str(newest) in caplog.text and "truncated or corrupt" in caplog.text
+
+
+def test_latest_checkpoint_never_silently_starts_from_scratch(tmp_path):
+    paths = _checkpoints(tmp_path, (3, 4))
+    for path in paths:
+        _truncate(path)
+    with pytest.raises(CheckpointError, match="--resume false") as err:
+        latest_checkpoint(tmp_path)
+    assert all(p.name in str(err.value) for p in paths)
+
+
+def test_train_config_keeps_two_checkpoints_written_atomically():
+    """With n_saved=1, ignite deletes the only checkpoint before writing the next: nothing to fall back on."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    saver = parser.get("train#checkpoint_saver")
+    assert saver["_target_"] == "medsegdiff_monai.handlers.AtomicCheckpointSaver" and saver["n_saved"] >= 2
+    assert parser.get("train#checkpoint_loader#_target_") == "medsegdiff_monai.handlers.CheckedCheckpointLoader"
+
+
+def _fail_third_save(monkeypatch, engine):
+    real_save = torch.save
+
+    def save_half_then_fail(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        fh = open(f, "r+b") if isinstance(f, (str, os.PathLike)) else f
+        fh.seek(0)
+        fh.truncate(fh.tell() + 100)  # a half-written file, as a full disk leaves it
+        if fh is not f:
+            fh.close()
+        raise OSError(28, "No space left on device")
+
+    engine.add_event_handler(Events.EPOCH_STARTED(once=3), lambda: monkeypatch.setattr(torch, "save",
+                                                                                        save_half_then_fail))
+
+
+@pytest.mark.parametrize("saver_cls,atomic", [(AtomicCheckpointSaver, True), (CheckpointSaver, False)])
+def test_interrupted_checkpoint_save_leaves_no_partial_file(tmp_path, monkeypatch, saver_cls, atomic):
+    net = torch.nn.Linear(4, 4)
+    engine = _idle_engine()
+    saver_cls(save_dir=str(tmp_path), save_dict={"model": net, "trainer": engine}, file_prefix="checkpoint",
+              save_interval=1, n_saved=2).attach(engine)
+    _fail_third_save(monkeypatch, engine)
+    with pytest.raises(OSError, match="No space left"):
+        engine.run([0], max_epochs=3)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    if atomic:
+        assert names == ["checkpoint_checkpoint_epoch=2.pt"]  # no epoch 3, no temporary file left
+        assert latest_checkpoint(tmp_path) == str(tmp_path / names[0])
+    else:  # MONAI 1.6.1's CheckpointSaver: a half-written file under the final name (noticed if MONAI fixes it)
+        assert "checkpoint_checkpoint_epoch=3.pt" in names
+        with pytest.raises(CheckpointError):
+            check_checkpoint(tmp_path / "checkpoint_checkpoint_epoch=3.pt")
+
+
+def test_best_model_saver_writes_atomically(tmp_path):
+    from medsegdiff_monai.handlers import ResumableCheckpointSaver
+
+    saver = ResumableCheckpointSaver(save_dir=str(tmp_path), save_dict={"model": torch.nn.Linear(2, 2)},
+                                     save_key_metric=True, key_metric_filename="model.pt")
+    assert saver._key_metric_checkpoint.save_handler._atomic
