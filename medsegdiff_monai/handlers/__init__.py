@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from .checkpoint_loader import CheckedCheckpointLoader
 from .checkpoint_saver import AtomicCheckpointSaver, ResumableCheckpointSaver
+from .metrics import PhysicalHausdorffDistance, RegionMetricsSaver
 from .nan_guard import NaNLossGuard, NonFiniteLossError
 
 __all__ = [
@@ -9,5 +10,7 @@ __all__ = [
     "CheckedCheckpointLoader",
     "NaNLossGuard",
     "NonFiniteLossError",
+    "PhysicalHausdorffDistance",
+    "RegionMetricsSaver",
     "ResumableCheckpointSaver",
 ]
