@@ -184,7 +184,7 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"{b['spatial_size'][0]}x{b['spatial_size'][1]}, regions {b['regions']}, "
         f"{b['num_train_timesteps']} training timesteps)",
         f"- data: {len(report['slices'])} axial slices of the validation and test cases (at interior quantiles of the "
-        "slices with tumour at interior quantiles, plus one without), preprocessed as the bundle's evaluation does",
+        "slices with tumour, plus one without), preprocessed as the bundle's evaluation does",
         f"- ensemble of {report['num_ensemble']} members batched, mean fused, threshold {report['threshold']}, "
         f"seed {report['seed']}; Dice pooled over the slice set; time = wall time per slice for the whole ensemble",
         "",

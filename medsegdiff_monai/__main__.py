@@ -144,6 +144,7 @@ class Commands:
         from monai.bundle import ConfigWorkflow
 
         from .data import find_cases
+        from .utils import check_checkpoint
 
         overrides = {"sampler": sampler, "num_inference_steps": num_inference_steps, "num_ensemble": num_ensemble,
                      "amp_dtype": amp_dtype}
@@ -165,6 +166,7 @@ class Commands:
             )
         if os.path.abspath(input_dir) == out:
             raise CommandError("OUTPUT_DIR must not be INPUT_DIR: input files are never written over")
+        check_checkpoint(ckpt)  # a truncated or corrupt file: one line naming it, before the network is built
         workflow = ConfigWorkflow(
             config_file=[os.path.join(bundle, "configs", "inference.json"), *extra],
             meta_file=os.path.join(bundle, "configs", "metadata.json"),

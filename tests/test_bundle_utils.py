@@ -64,8 +64,8 @@ def test_latest_checkpoint(tmp_path):
     assert latest_checkpoint(tmp_path / "missing") is None
     assert latest_checkpoint(tmp_path) is None
     for n in (2, 10, 9):
-        (tmp_path / f"checkpoint_epoch={n}.pt").write_bytes(b"x")
-    (tmp_path / "model.pt").write_bytes(b"x")
+        torch.save({"epoch": torch.tensor(n)}, tmp_path / f"checkpoint_epoch={n}.pt")
+    torch.save({}, tmp_path / "model.pt")
     assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_epoch=10.pt")
 
 

@@ -21,9 +21,11 @@ from .conventions import (
 )
 from .datalist import LAYOUTS, build_datalist, detect_layout, find_cases, load_datalist, split_cases, write_datalist
 from .demo import DEMO_LAYOUTS, make_demo_case, make_demo_data
+from .image_writer import AtomicNibabelWriter
 from .nifti import NiftiInfo, case_file_problems, inspect_nifti, is_nifti_name, read_nifti
 
 __all__ = [
+    "AtomicNibabelWriter",
     "DataError",
     "LABEL_CONVENTIONS",
     "MODALITIES",

@@ -1,6 +1,16 @@
 from __future__ import annotations
 
-from .checkpoint_saver import ResumableCheckpointSaver
+from .checkpoint_loader import CheckedCheckpointLoader
+from .checkpoint_saver import AtomicCheckpointSaver, ResumableCheckpointSaver
+from .metrics import PhysicalHausdorffDistance, RegionMetricsSaver
 from .nan_guard import NaNLossGuard, NonFiniteLossError
 
-__all__ = ["NaNLossGuard", "NonFiniteLossError", "ResumableCheckpointSaver"]
+__all__ = [
+    "AtomicCheckpointSaver",
+    "CheckedCheckpointLoader",
+    "NaNLossGuard",
+    "NonFiniteLossError",
+    "PhysicalHausdorffDistance",
+    "RegionMetricsSaver",
+    "ResumableCheckpointSaver",
+]

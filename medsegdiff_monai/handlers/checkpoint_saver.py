@@ -1,6 +1,6 @@
 # Copyright (c) medsegdiff-monai contributors
 # Licensed under the Apache License, Version 2.0
-"""MONAI's CheckpointSaver with a state dict, so the best-metric model tracking survives a resumed training."""
+"""MONAI's CheckpointSaver writing atomically, and with a state dict so the best-metric tracking survives a resume."""
 
 from __future__ import annotations
 
@@ -8,11 +8,38 @@ from typing import Any
 
 from monai.handlers import CheckpointSaver
 
-__all__ = ["ResumableCheckpointSaver"]
+__all__ = ["AtomicCheckpointSaver", "ResumableCheckpointSaver"]
 
 
-class ResumableCheckpointSaver(CheckpointSaver):
-    """:class:`monai.handlers.CheckpointSaver` that can be saved and restored as part of another checkpoint.
+class AtomicCheckpointSaver(CheckpointSaver):
+    """:class:`monai.handlers.CheckpointSaver` whose files are written atomically.
+
+    ignite's ``DiskSaver`` can write a checkpoint to a temporary file in the same folder and ``os.replace`` it
+    to its final name (``atomic=True``, ignite's default), so an interrupted save (a killed job, a full disk)
+    never leaves a half-written file under the final name. MONAI 1.6.1's ``CheckpointSaver`` builds its
+    ``DiskSaver`` with ``atomic=False`` (its comment: the temporary file is readable by its owner only); ignite
+    0.5 restores group and others read permission after the rename, so this subclass switches the atomic write
+    back on for every checkpoint the saver writes (final, best-metric and interval). A failed save removes its
+    temporary file and re-raises; a killed one may leave a ``tmp*`` file in ``save_dir``, never a ``*.pt``.
+
+    Note that ignite's ``Checkpoint`` removes the oldest file *before* writing the new one: with ``n_saved=1``
+    an interrupted save leaves no checkpoint at all, atomic or not. Keep ``n_saved >= 2`` for the checkpoints a
+    training resumes from. Constructor arguments are those of ``CheckpointSaver``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is None:
+                continue
+            saver = checkpoint.save_handler
+            if not hasattr(saver, "_atomic"):  # the private switch of ignite's DiskSaver
+                raise RuntimeError(f"{type(saver).__name__} has no atomic mode: this ignite version is not supported")
+            saver._atomic = True
+
+
+class ResumableCheckpointSaver(AtomicCheckpointSaver):
+    """:class:`AtomicCheckpointSaver` that can be saved and restored as part of another checkpoint.
 
     MONAI 1.6.1's ``CheckpointSaver`` has ``load_state_dict`` (the tracking list of its best-metric checkpoint:
     which file holds which score) but no ``state_dict``; its only way to keep that list is

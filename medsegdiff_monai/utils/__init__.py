@@ -2,7 +2,16 @@ from __future__ import annotations
 
 from .enums import look_up_named_option
 from .bundle import case_id_from_path, case_name_formatter, find_bundle_root, latest_checkpoint, prepare_datalist
+from .checkpoint import CheckpointError, check_checkpoint, load_checkpoint
 
 __all__ = [
+    "CheckpointError",
+    "case_id_from_path",
+    "case_name_formatter",
+    "check_checkpoint",
+    "find_bundle_root",
+    "latest_checkpoint",
+    "load_checkpoint",
     "look_up_named_option",
-    "case_id_from_path", "case_name_formatter", "find_bundle_root", "latest_checkpoint", "prepare_datalist"]
+    "prepare_datalist",
+]
