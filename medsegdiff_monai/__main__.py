@@ -135,7 +135,7 @@ class Commands:
             layout: auto, brats2021, brats2020, brats or msd.
             device: e.g. cpu or cuda:0 (default: cuda:0 if available, else cpu).
             overwrite: replace existing predictions.
-            sampler: ddim or ddpm (default: the bundle's).
+            sampler: ddpm, ddim or dpmpp_2m (default: the bundle's).
             num_inference_steps: denoising steps (default: the bundle's).
             num_ensemble: ensemble members per slice (default: the bundle's).
             amp_dtype: bfloat16 or float16 to run the network under autocast (default: the bundle's, float32).
