@@ -137,6 +137,28 @@ def test_inference_network_def_is_an_image_to_segmentation_module():
     net.load_state_dict(train.get_parsed_content("network_def").state_dict())
 
 
+@pytest.mark.parametrize(
+    "files", [["train.json"], ["train.json", "demo.json"], ["train.json", "evaluate.json"], ["inference.json"]]
+)
+def test_network_names_mean_the_same_in_every_config(files, tmp_path):
+    """``network_def`` is the image -> segmentation module and ``network`` its denoiser, in every config; the
+    evaluator and the inference engine sample ``network`` with ``DiffusionSegInferer``."""
+    from medsegdiff_monai.inferers import DiffusionSegInferer
+    from medsegdiff_monai.networks.nets import DiffusionSegmenter, MedSegDiffUNet
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / f) for f in files])
+    parser["bundle_root"] = str(tmp_path)
+    network_def, network = parser.get_parsed_content("network_def"), parser.get_parsed_content("network")
+    assert isinstance(network_def, DiffusionSegmenter) and isinstance(network, MedSegDiffUNet)
+    assert network_def.network is network
+    assert network_def.sampler == parser.get_parsed_content("sampler")
+    inferer_id = "inferer" if "inference.json" in files else "validate#inferer"
+    inferer = parser.get_parsed_content(inferer_id)
+    assert isinstance(inferer, DiffusionSegInferer) and inferer.sampler == network_def.sampler
+    assert inferer.num_inference_steps == network_def.num_inference_steps
+
+
 def test_verify_net_in_out():
     """MONAI's own check of the network's input/output against metadata.json (n=1: 32x32, the "B" preset)."""
     out = subprocess.run(

@@ -107,7 +107,7 @@ def test_evaluate_writes_metrics_predictions_and_pictures(trained):
         gt, pred = np.asarray(src.dataobj) > 0, np.asarray(seg.dataobj) > 0
         dice = 2 * (gt & pred).sum() / (gt.sum() + pred.sum())
         row = next(r for r in rows if r["filename"] == case["case_id"])
-        assert float(row["class0"]) == pytest.approx(dice, abs=1e-4)
+        assert float(row["WT"]) == pytest.approx(dice, abs=1e-4)
         png = eval_dir / "overlays" / f"{case['case_id']}_overlay.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
