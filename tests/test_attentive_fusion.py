@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unittest
 
+import pytest
 import torch
 from parameterized import parameterized
 
@@ -20,18 +21,8 @@ def _layer_norm_chw(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, e
 
 
 
-class _OneThread(unittest.TestCase):
-    """These tests use tiny tensors: one intra-op thread is as fast and avoids OpenMP stalls when the two cores are
-    shared with other jobs (the previous thread count is restored after each test)."""
-
-    def setUp(self) -> None:
-        self._num_threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def tearDown(self) -> None:
-        torch.set_num_threads(self._num_threads)
-
-class TestAttentiveFusion(_OneThread):
+@pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
+class TestAttentiveFusion(unittest.TestCase):
     @parameterized.expand([[2, 4, (8, 8)], [2, 6, (5, 11)], [3, 3, (4, 6, 5)]])
     def test_equation_3(self, spatial_dims, channels, size):
         torch.manual_seed(0)

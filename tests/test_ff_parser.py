@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unittest
 
+import pytest
 import torch
 from parameterized import parameterized
 
@@ -20,18 +21,8 @@ IDENTITY_CASES = [
 
 
 
-class _OneThread(unittest.TestCase):
-    """These tests use tiny tensors: one intra-op thread is as fast and avoids OpenMP stalls when the two cores are
-    shared with other jobs (the previous thread count is restored after each test)."""
-
-    def setUp(self) -> None:
-        self._num_threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def tearDown(self) -> None:
-        torch.set_num_threads(self._num_threads)
-
-class TestFFParser(_OneThread):
+@pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
+class TestFFParser(unittest.TestCase):
     @parameterized.expand(IDENTITY_CASES)
     def test_identity_at_init(self, spatial_dims, channels, map_size, size):
         ffp = FFParser(spatial_dims, channels, map_size)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unittest
 
+import pytest
 import torch
 from parameterized import parameterized
 
@@ -49,18 +50,8 @@ SHAPE_CASES = [
 
 
 
-class _OneThread(unittest.TestCase):
-    """These tests use tiny tensors: one intra-op thread is as fast and avoids OpenMP stalls when the two cores are
-    shared with other jobs (the previous thread count is restored after each test)."""
-
-    def setUp(self) -> None:
-        self._num_threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-
-    def tearDown(self) -> None:
-        torch.set_num_threads(self._num_threads)
-
-class TestMedSegDiffUNet(_OneThread):
+@pytest.mark.usefixtures("one_thread")  # tiny tensors: see tests/conftest.py
+class TestMedSegDiffUNet(unittest.TestCase):
     def _net(self, spatial_dims, in_channels, out_channels, config):
         if config is None:
             return MedSegDiffUNet.from_preset("XS", spatial_dims, in_channels, out_channels)
