@@ -241,7 +241,7 @@ def train_baseline(
     loss_fn = DiceCELoss(sigmoid=True)
     gen = torch.Generator().manual_seed(seed)
     net.train()
-    steps, epochs, t0 = 0, 0, time.perf_counter()
+    steps, epochs, t0, cpu0 = 0, 0, time.perf_counter(), time.process_time()
     done = False
     while not done:
         epochs += 1
@@ -256,9 +256,9 @@ def train_baseline(
             if time.perf_counter() - t0 >= budget:
                 done = True
                 break
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     net.eval()
-    return net, {"epochs": epochs, "steps": steps, "train_seconds": seconds, "final_loss": float(loss.detach()),
+    return net, {"epochs": epochs, "steps": steps, "train_seconds": seconds, "train_cpu_seconds": cpu_seconds, "final_loss": float(loss.detach()),
                  "params": sum(p.numel() for p in net.parameters()), "train_slices": int(images.shape[0])}
 
 
@@ -459,7 +459,7 @@ def run_bundle_recipe(
         bundle_dice = float(m.group(1)) if m else bundle_dice
     return {
         "epochs": stats["epochs_completed"], "steps": stats["iterations"], "train_seconds": stats["train_seconds"],
-        "epochs_planned": epochs, "calibrated_seconds_per_epoch": per_epoch,
+        "train_cpu_seconds": stats.get("train_cpu_seconds", float("nan")), "epochs_planned": epochs, "calibrated_seconds_per_epoch": per_epoch,
         "stopped_by_budget": stats["stopped_by_budget"], "eval_process_seconds": eval_seconds,
         "bundle_reported_mean_dice": bundle_dice,
         "params": sum(p.numel() for p in network.parameters()),
@@ -577,14 +577,18 @@ def to_markdown(report: dict[str, Any]) -> str:
         "loop, final weights for every method; baselines: DiceCELoss(sigmoid), AdamW lr 1e-3, batch 16 slices; "
         "bundle recipes: epochs set from a calibration run so the learning-rate schedule ends with the budget",
         "- Dice and HD95: per test block (volume) in the input geometry, mean ± sd over the test blocks; "
-        "inference: seconds per volume for the network (bundle: the ensemble sampler of `validate#inferer`)",
+        "inference: seconds per volume for the network (bundle: the ensemble sampler of `validate#inferer`); "
+        "training CPU s: CPU time the training process used during the budget (all threads; at most budget x "
+        "threads, less when other processes share the cores)",
         "",
-        "| method | budget s | epochs | steps | Dice | HD95 mm | inference s per volume |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| method | budget s | epochs | steps | training CPU s | Dice | HD95 mm | inference s per volume |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["rows"]:
+        cpu = r.get("train_cpu_seconds", float("nan"))
         lines.append(
             f"| {_METHOD_TEXT.get(r['method'], r['method'])} | {r['budget']:g} | {r['epochs']} | {r['steps']} | "
+            f"{f'{cpu:.0f}' if math.isfinite(cpu) else 'n/a'} | "
             f"{_fmt(r['dice'], 4)} | {_fmt(r['hd95'], 2)} | {r['infer_seconds']['mean']:.3f} |"
         )
     if report.get("references"):

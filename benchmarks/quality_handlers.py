@@ -26,7 +26,8 @@ class WallTimeBudget:
     budget is checked after every iteration; at the end (``COMPLETED``, also fired after a terminate) the network's
     state dict is saved as ``{"model": ...}`` (the format ``CheckpointLoader`` in ``evaluate.json`` reads) and a
     JSON file records the epochs and iterations done, the training seconds and the time of each epoch (handlers
-    included).
+    included), and the CPU seconds the process used meanwhile (all threads; on a shared machine this is the work
+    the budget bought).
 
     Args:
         budget: wall-time budget in seconds; None or <= 0: no stop (statistics only).
@@ -47,6 +48,7 @@ class WallTimeBudget:
         self.network = network
         self.save_path = Path(save_path) if save_path else None
         self.start = 0.0
+        self.cpu_start = 0.0
         self.epoch_ends: list[float] = []
         self.stopped_by_budget = False
 
@@ -63,6 +65,7 @@ class WallTimeBudget:
 
     def _started(self, engine: Engine) -> None:
         self.start = time.perf_counter()
+        self.cpu_start = time.process_time()
 
     def _check(self, engine: Engine) -> None:
         if self.budget > 0 and time.perf_counter() - self.start >= self.budget:
@@ -80,6 +83,7 @@ class WallTimeBudget:
         ends = self.epoch_ends
         stats = {
             "train_seconds": seconds,
+            "train_cpu_seconds": time.process_time() - self.cpu_start,
             "epochs_completed": len(ends),
             "iterations": int(engine.state.iteration),
             "max_epochs": int(engine.state.max_epochs or 0),
