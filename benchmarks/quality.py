@@ -38,7 +38,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime
 import json
 import math
@@ -258,7 +257,8 @@ def train_baseline(
                 break
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - cpu0
     net.eval()
-    return net, {"epochs": epochs, "steps": steps, "train_seconds": seconds, "train_cpu_seconds": cpu_seconds, "final_loss": float(loss.detach()),
+    return net, {"epochs": epochs, "steps": steps, "train_seconds": seconds, "train_cpu_seconds": cpu_seconds,
+                 "final_loss": float(loss.detach()),
                  "params": sum(p.numel() for p in net.parameters()), "train_slices": int(images.shape[0])}
 
 
@@ -395,6 +395,7 @@ def _train_bundle(
 def run_bundle_recipe(
     recipe: str, root: Path, work: Path, size: int, budget: float, threads: int, seed: int,
     calibration_epochs: int = 3, timing_volumes: int = 2, extra_overrides: dict[str, Any] | None = None,
+    min_epochs: int = 10,
 ) -> dict[str, Any]:
     """Train one bundle recipe for a wall-time budget, evaluate it on the test blocks and score its predictions.
 
@@ -411,6 +412,8 @@ def run_bundle_recipe(
         timing_volumes: number of test volumes the sampler is timed on in this process (all volumes have the same
             shape, so the time per volume is the same; each timing repeats the evaluation's sampling).
         extra_overrides: more config overrides for training and evaluation (e.g. a smaller ensemble in CI).
+        min_epochs: the fewest epochs planned: the demo recipe's ``OneCycleLR`` (10% warm-up over ``epochs + 1``
+            steps) is not defined for fewer than 10. When they do not fit in the budget, the budget stops the run.
 
     Returns:
         training statistics, the number of epochs chosen and per-case scores.
@@ -419,10 +422,11 @@ def run_bundle_recipe(
     if calibration_epochs > 0:
         calib = work / "calibration"
         calib.mkdir(parents=True)
-        cs = _train_bundle(configs, _common_overrides(root, calib, size, extra_overrides), calib, calibration_epochs, 0.0, threads, seed)
-        per_epoch = cs["epoch_seconds"][-1] if len(cs["epoch_seconds"]) > 1 else cs["train_seconds"] / max(
-            cs["epochs_completed"], 1)
-        epochs = max(1, int(budget // per_epoch))
+        cs = _train_bundle(configs, _common_overrides(root, calib, size, extra_overrides), calib, calibration_epochs,
+                           0.0, threads, seed)
+        times = cs["epoch_seconds"][1:] or cs["epoch_seconds"] or [cs["train_seconds"]]  # the first epoch warms up
+        per_epoch = statistics.fmean(times)
+        epochs = max(min_epochs, int(budget // per_epoch))
     else:
         per_epoch, epochs = float("nan"), 10_000
     run_dir = work / "run"
@@ -459,7 +463,8 @@ def run_bundle_recipe(
         bundle_dice = float(m.group(1)) if m else bundle_dice
     return {
         "epochs": stats["epochs_completed"], "steps": stats["iterations"], "train_seconds": stats["train_seconds"],
-        "train_cpu_seconds": stats.get("train_cpu_seconds", float("nan")), "epochs_planned": epochs, "calibrated_seconds_per_epoch": per_epoch,
+        "train_cpu_seconds": stats.get("train_cpu_seconds", float("nan")), "epochs_planned": epochs,
+        "calibrated_seconds_per_epoch": per_epoch,
         "stopped_by_budget": stats["stopped_by_budget"], "eval_process_seconds": eval_seconds,
         "bundle_reported_mean_dice": bundle_dice,
         "params": sum(p.numel() for p in network.parameters()),
@@ -506,16 +511,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for budget in args.budget:
         for method in args.methods:
             print(f"{method}, budget {budget:g} s ...", flush=True)
-            with CpuShare() as share:
-                if method in BASELINES:
-                    row = run_baseline(method, base_parser, budget, args.seed)
-                else:
-                    method_work = work / f"{method}_{budget:g}s"
-                    if method_work.exists():
-                        shutil.rmtree(method_work)
-                    row = run_bundle_recipe(method, root, method_work, args.size, budget, args.threads, args.seed,
-                                            calibration_epochs=args.calibration_epochs,
-                                            timing_volumes=args.timing_volumes, extra_overrides=args.overrides)
+            try:
+                with CpuShare() as share:
+                    if method in BASELINES:
+                        row = run_baseline(method, base_parser, budget, args.seed)
+                    else:
+                        method_work = work / f"{method}_{budget:g}s"
+                        if method_work.exists():
+                            shutil.rmtree(method_work)
+                        row = run_bundle_recipe(method, root, method_work, args.size, budget, args.threads,
+                                                args.seed, calibration_epochs=args.calibration_epochs,
+                                                timing_volumes=args.timing_volumes, extra_overrides=args.overrides)
+            except Exception as e:  # keep the other methods' results; the failure is reported in the table
+                print(f"  FAILED: {type(e).__name__}: {e}", flush=True)
+                report["rows"].append({"method": method, "budget": budget, "error": f"{type(e).__name__}: {e}"[:2000]})
+                continue
             dice = _summary([c["dice"] for c in row["cases"]])
             hd95 = _summary([c["hd95"] for c in row["cases"]])
             infer = _summary([c["infer_seconds"] for c in row["cases"]])
@@ -525,6 +535,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  {row['epochs']} epochs, {row['steps']} steps, Dice {dice['mean']:.4f} +- {dice['sd']:.4f}, "
                   f"HD95 {hd95['mean']:.2f} mm, {infer['mean']:.3f} s per volume; other processes used "
                   f"{100 * share.others:.0f}% of the CPUs", flush=True)
+            (work / "quality.partial.json").write_text(json.dumps(report, indent=2))  # results so far
     report["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     report["work_dir"] = str(work)
     if not args.keep and not args.work_dir:
@@ -585,6 +596,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["rows"]:
+        if "error" in r:
+            lines.append(f"| {_METHOD_TEXT.get(r['method'], r['method'])} | {r['budget']:g} | failed: "
+                         f"{r['error'].splitlines()[0][:120]} | | | | | |")
+            continue
         cpu = r.get("train_cpu_seconds", float("nan"))
         lines.append(
             f"| {_METHOD_TEXT.get(r['method'], r['method'])} | {r['budget']:g} | {r['epochs']} | {r['steps']} | "
@@ -597,6 +612,11 @@ def to_markdown(report: dict[str, Any]) -> str:
         for ref in report["references"]:
             lines.append(f"| {ref['reference']} | {_fmt(ref['dice'], 4)} | {_fmt(ref['hd95'], 2)} |")
     recipes = [r for r in report["rows"] if "recipe" in r]
+    planned = [r for r in recipes if r["epochs"] < r["epochs_planned"]]
+    if planned:
+        lines += ["", "Stopped by the budget before the planned epochs (so before the end of the learning-rate "
+                  "schedule): " + ", ".join(f"{r['method']} at {r['budget']:g} s ({r['epochs']} of "
+                                            f"{r['epochs_planned']})" for r in planned) + "."]
     if recipes:
         lines += ["", "Bundle recipes:", ""]
         seen = set()
@@ -628,7 +648,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for i, m in enumerate(methods):
         xs, ys, es = [], [], []
         for j, b in enumerate(budgets):
-            r = next((r for r in report["rows"] if r["method"] == m and r["budget"] == b), None)
+            r = next((r for r in report["rows"] if r["method"] == m and r["budget"] == b and "dice" in r), None)
             if r is not None:
                 xs.append(j + (i - (len(methods) - 1) / 2) * width)
                 ys.append(r["dice"]["mean"])

@@ -448,7 +448,10 @@ class MedSegDiffUNet(nn.Module):
             )
         size_divisor = 2 ** (n_levels - 1)
         if image_size is not None:
-            image_size = [int(image_size)] * spatial_dims if isinstance(image_size, int) else [int(s) for s in image_size]
+            if isinstance(image_size, int):
+                image_size = [int(image_size)] * spatial_dims
+            else:
+                image_size = [int(s) for s in image_size]
             if len(image_size) != spatial_dims or any(s < 1 or s % size_divisor != 0 for s in image_size):
                 raise ValueError(
                     f"MedSegDiffUNet: image_size must be an int or {spatial_dims} ints, each a positive multiple of "
