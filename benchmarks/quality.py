@@ -672,7 +672,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     methods = list(dict.fromkeys(r["method"] for r in report["rows"]))
     budgets = list(dict.fromkeys(r["budget"] for r in report["rows"]))
     width = 0.8 / max(len(methods), 1)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(budgets) * max(len(methods), 1) * 0.5, 3.6))
+    fig, ax = plt.subplots(figsize=(4.5 + 1.4 * len(budgets) * max(len(methods), 1) * 0.5, 3.6))
     for i, m in enumerate(methods):
         xs, ys, es = [], [], []
         for j, b in enumerate(budgets):
@@ -687,7 +687,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("Dice per test block")
     ax.set_ylim(0, 1)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     ax.set_title(f"Grey matter on MNI152 T1 blocks, {report['size']}x{report['size']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
