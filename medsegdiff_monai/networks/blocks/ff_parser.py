@@ -12,13 +12,14 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FFParser", "rfft_shape", "resize_spectrum_map"]
+__all__ = ["FFParser", "rfft_shape", "resize_spectrum_map", "signal_size_of_map"]
 
 
 def rfft_shape(spatial_size: Sequence[int]) -> list[int]:
@@ -98,6 +99,27 @@ def resize_spectrum_map(weight: torch.Tensor, source_size: list[int], target_siz
     return x.permute(inv)
 
 
+def signal_size_of_map(freq_shape: Sequence[int]) -> list[int]:
+    """The signal size a one-sided (``rfftn``-layout) map was most likely made for, from the map's spectrum shape.
+
+    The full axes give their size exactly; the last (one-sided) axis of length ``n`` comes from a signal of
+    ``2 (n - 1)`` or ``2 (n - 1) + 1`` samples: the odd size is chosen when the first axis is odd and has the same
+    one-sided length (a square odd map), else the even size (``1`` for ``n = 1``).
+
+    Args:
+        freq_shape: the spectrum's shape ``rfft_shape(signal size)``, without channel and real/imaginary axes.
+
+    Returns:
+        the signal size.
+    """
+    size = [int(s) for s in freq_shape]
+    n = size[-1]
+    last = 1 if n == 1 else 2 * (n - 1)
+    if len(size) > 1 and size[0] % 2 == 1 and size[0] // 2 + 1 == n:
+        last = size[0]
+    return size[:-1] + [last]
+
+
 class FFParser(nn.Module):
     """Learnable Fourier-space filter of MedSegDiff (paper: Wu et al., "MedSegDiff: Medical Image Segmentation with
     Diffusion Probabilistic Model", arXiv:2211.00611, Sec. II-B, eqs. 4-6).
@@ -118,7 +140,10 @@ class FFParser(nn.Module):
 
     - the official weights are hard-coded for 256x256 inputs (the network crashes at other sizes); here the map is
       made for ``map_size`` and, when an input has another size, resampled linearly in normalised frequency (real and
-      imaginary parts, see :func:`resize_spectrum_map`) to the input's spectrum, so any input size works;
+      imaginary parts, see :func:`resize_spectrum_map`) to the input's spectrum, so any input size works. Size the map
+      for the training size: only the map entries the resampling reads get gradient (for a map twice the input
+      size, about one in ``2 ** spatial_dims``). A state dict with a map of another size is resampled to
+      ``map_size`` on loading (with a warning), which keeps the function at ``map_size`` the same;
     - the official map is initialised near zero (``randn * 0.02``), which at the start of training suppresses almost
       the whole conditioning feature; here ``A`` starts as exactly ``1 + 0j`` everywhere, so the block starts as the
       identity (up to FFT round-off) and learns which frequencies to damp. A constant map stays constant under the
@@ -165,6 +190,30 @@ class FFParser(nn.Module):
         weight = torch.zeros([self.channels] + self.freq_shape + [2])
         weight[..., 0] = 1.0  # identity filter: 1 + 0j
         self.weight = nn.Parameter(weight)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):  # type: ignore[override]
+        # a map made for another size (e.g. a checkpoint of a network whose maps were sized for 256 and that was
+        # trained at 128) is resampled to this block's map size: the same resampling the forward pass applied to it
+        # at the block's size, so the network computes the same function at that size
+        key = prefix + "weight"
+        w = state_dict.get(key)
+        if (
+            isinstance(w, torch.Tensor)
+            and w.shape != self.weight.shape
+            and w.dim() == self.weight.dim()
+            and w.shape[0] == self.channels
+            and w.shape[-1] == 2
+        ):
+            source = signal_size_of_map(w.shape[1:-1])
+            warnings.warn(
+                f"FFParser {prefix or '(root)'}: the checkpoint's map was made for size {source}; resampled to this "
+                f"block's map size {self.map_size}.",
+                stacklevel=2,
+            )
+            state_dict[key] = resize_spectrum_map(w.float(), source, self.map_size).to(w.dtype)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def extra_repr(self) -> str:
         return f"spatial_dims={self.spatial_dims}, channels={self.channels}, map_size={tuple(self.map_size)}"

@@ -344,7 +344,13 @@ class MedSegDiffUNet(nn.Module):
         ff_parser: if False, no FF-Parser is built (the mask features are fused unfiltered).
         ff_parser_input_size: reference input spatial size (int or one per axis) the FF-Parser maps are sized for:
             the map at level ``k`` is made for features of size ``ff_parser_input_size // 2**k`` and is resampled in
-            frequency for inputs of any other size. None: 256 for 2-D (the paper's input size), 64 for 3-D.
+            frequency for inputs of any other size. None: ``image_size``, or when that is None too, 256 for 2-D (the
+            paper's input size) and 64 for 3-D.
+        image_size: the spatial size the network is trained at (int or one per axis), e.g. a bundle's
+            ``spatial_size``; must be divisible by ``2 ** (len(channels) - 1)``. It sizes the FF-Parser maps (when
+            ``ff_parser_input_size`` is None) so that every entry of the maps is used, and so trained, at that size:
+            a map made for another size is resampled to the input's spectrum, and a 256-sized map used at 128x128
+            gets gradient on only about a quarter of its entries. Other input sizes still work.
         channels_last: store the convolution weights in channels-last memory format, so that the convolutions run
             channels-last (on CPU ~1.4x faster for this network, most of it at the narrow full-resolution levels,
             where channels-first 16-channel convolutions are 3x slower). Inputs may be in any memory format. Only a
@@ -374,6 +380,7 @@ class MedSegDiffUNet(nn.Module):
         ff_parser: bool = True,
         ff_parser_input_size: Sequence[int] | int | None = None,
         channels_last: bool = True,
+        image_size: Sequence[int] | int | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -439,8 +446,19 @@ class MedSegDiffUNet(nn.Module):
                 f"MedSegDiffUNet: conditioning_levels must be indices of the two-encoder levels 0..{n_dual - 1} "
                 f"(len(channels) - 2), got {conditioning_levels}."
             )
+        size_divisor = 2 ** (n_levels - 1)
+        if image_size is not None:
+            if isinstance(image_size, int):
+                image_size = [int(image_size)] * spatial_dims
+            else:
+                image_size = [int(s) for s in image_size]
+            if len(image_size) != spatial_dims or any(s < 1 or s % size_divisor != 0 for s in image_size):
+                raise ValueError(
+                    f"MedSegDiffUNet: image_size must be an int or {spatial_dims} ints, each a positive multiple of "
+                    f"{size_divisor} (2 ** {n_levels - 1} downsamplings), got {image_size}."
+                )
         if ff_parser_input_size is None:
-            ff_parser_input_size = 256 if spatial_dims == 2 else 64
+            ff_parser_input_size = image_size if image_size is not None else 256 if spatial_dims == 2 else 64
         if isinstance(ff_parser_input_size, int):
             ff_size = [int(ff_parser_input_size)] * spatial_dims
         else:
@@ -460,7 +478,8 @@ class MedSegDiffUNet(nn.Module):
         self.attention_levels = attention_levels
         self.num_head_channels = num_head_channels
         self.num_downsamplings = n_levels - 1
-        self.size_divisor = 2 ** (n_levels - 1)
+        self.size_divisor = size_divisor
+        self.image_size = image_size
         self.dynamic_conditioning = bool(dynamic_conditioning)
         self.use_ff_parser = bool(ff_parser) and self.dynamic_conditioning
         self.conditioning_levels = conditioning_levels if self.dynamic_conditioning else ()
@@ -552,7 +571,9 @@ class MedSegDiffUNet(nn.Module):
             spatial_dims: number of spatial dimensions, 2 or 3.
             in_channels: number of image (condition) channels (4 for BraTS).
             out_channels: number of mask channels.
-            overrides: any other constructor argument, replacing the preset's value.
+            overrides: any other constructor argument, replacing the preset's value. ``image_size`` (the training
+                size, e.g. ``"image_size": "@spatial_size"`` in a bundle's ``network_def``) also replaces the preset's
+                ``ff_parser_input_size`` unless that is given too, so the FF-Parser maps fit the training size.
 
         Returns:
             the network.
@@ -563,6 +584,8 @@ class MedSegDiffUNet(nn.Module):
                 f"MedSegDiffUNet.from_preset: unknown preset name={name!r}; available: {list(MEDSEGDIFF_PRESETS)}."
             )
         config = copy.deepcopy(MEDSEGDIFF_PRESETS[key])
+        if overrides.get("image_size") is not None and "ff_parser_input_size" not in overrides:
+            config["ff_parser_input_size"] = None  # sized from image_size
         config.update(overrides)
         return cls(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **config)
 
