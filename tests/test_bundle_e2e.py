@@ -145,12 +145,14 @@ def test_cli_predict_on_unlabeled_cases(trained, tmp_path):
 def test_inference_is_reproducible_per_case(trained, tmp_path):
     """With the bundle's seed, a case's prediction is the same alone, with other cases, and in any order."""
     bundle, _ = trained
-    cases = [c for c in ("BraTS2021_00000", "BraTS2021_00003", "BraTS2021_00005")]
+    cases = ["BraTS2021_00000", "BraTS2021_00003", "BraTS2021_00005"]
     runs = {"forward": cases, "reversed": cases[::-1], "alone": cases[1:2]}
+    from medsegdiff_monai.data import find_cases
+
+    found = {c["case_id"]: c for c in find_cases(bundle / "data" / "demo")}
     for name, order in runs.items():
         listing = tmp_path / f"{name}.json"
-        items = [{"case_id": c, "image": [str(bundle / "data" / "demo" / c / f"{c}_{m}.nii.gz")
-                                          for m in ("t1", "t1ce", "t2", "flair")]} for c in order]
+        items = [{k: v for k, v in found[c].items() if k != "label"} for c in order]  # unlabeled
         listing.write_text(json.dumps(items))
         run_bundle(bundle, "run", "--config_file", "['configs/inference.json','configs/demo.json']",
                    "--datalist", f"$__import__('json').load(open('{listing}'))",

@@ -1,13 +1,10 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
-from ignite.engine import Events
 from parameterized import parameterized
 
 from monai.bundle import ConfigWorkflow
