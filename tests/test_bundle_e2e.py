@@ -191,9 +191,9 @@ def test_zoo_download_and_load(trained, tmp_path):
     fetched = tmp_path / "zoo" / "medsegdiff_brats"
     assert (fetched / "configs" / "inference.json").is_file() and (fetched / "models" / "model.pt").is_file()
 
-    # the demo model is the "XS" preset; inference.json's default is "B": override the nested network's preset
+    # the demo model is the "XS" preset at 64x64; inference.json's default is "B" at 256: override the nested network
     net = load(name="medsegdiff_brats", bundle_dir=str(tmp_path / "zoo"), workflow_type="inference",
-               net_override={"network#name": "XS"}, progress=False)
+               net_override={"network#name": "XS", "network#image_size": [64, 64]}, progress=False)
     trained_state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
     loaded = net.state_dict()
     assert loaded.keys() == trained_state.keys()
