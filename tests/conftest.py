@@ -8,10 +8,20 @@ import pytest
 import torch
 
 
+def _torch_threads(n: int):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny networks and element-wise ops: one thread is as fast and immune to a busy machine's thread stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    yield from _torch_threads(1)
+
+
+@pytest.fixture
+def two_threads():
+    """Both cores, for the learning tests that train a real network."""
+    yield from _torch_threads(2)

@@ -97,14 +97,6 @@ def train_and_evaluate(prediction_type: str, seed: int = 0) -> tuple[float, floa
     return float(evaluator.state.metrics["dice"]), t_train, t_sample
 
 
-@pytest.fixture
-def two_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("prediction_type", ["epsilon"])
 def test_medsegdiff_learns_discs(two_threads, prediction_type):
