@@ -115,8 +115,10 @@ VARIANTS: dict[str, tuple[str | None, bool]] = {
     "bf16": ("bfloat16", False),
     "bf16-cl": ("bfloat16", True),
 }
-# bf16 without channels-last is left out by default: its convolutions are slow on this CPU class (shared/DESIGN.md)
-DEFAULT_VARIANTS = ("fp32", "fp32-cl", "bf16-cl")
+# All four by default: which one is fastest depends on the CPU, so it is chosen by measurement. On AMD EPYC with
+# AVX-512-bf16 (no AMX) bf16 convolutions were slow unless channels-last; on Intel Xeon with AMX, plain bf16 was the
+# fastest training setting and bf16-cl the fastest sampling setting (docs/speed_intel_amx/benchmark.md).
+DEFAULT_VARIANTS = ("fp32", "fp32-cl", "bf16", "bf16-cl")
 TASKS = ("train", "sample")
 
 # targets on a 2-core machine, for the best measured setting of preset "B" at 256x256
