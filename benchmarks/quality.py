@@ -381,7 +381,7 @@ def _train_overlay(path: Path, budget: float, stats_file: Path) -> Path:
             "_target_": "quality_handlers.WallTimeBudget",
             "budget": budget,
             "stats_file": str(stats_file),
-            "network": "@network",
+            "network": "@eval_network",  # the EMA weights when the recipe keeps them (use_ema)
             "save_path": "$@ckpt_dir + '/model.pt'",
         },
         "train#trainer#train_handlers": "$@train#handlers + [@wall_time_budget]",
@@ -534,12 +534,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                 timing_volumes=args.timing_volumes, extra_overrides=args.overrides)
             except Exception as e:  # keep the other methods' results; the failure is reported in the table
                 print(f"  FAILED: {type(e).__name__}: {e}", flush=True)
-                report["rows"].append({"method": method, "budget": budget, "error": f"{type(e).__name__}: {e}"[:2000]})
+                report["rows"].append({"method": method, "label": args.label, "budget": budget, "error": f"{type(e).__name__}: {e}"[:2000]})
                 continue
             dice = _summary([c["dice"] for c in row["cases"]])
             hd95 = _summary([c["hd95"] for c in row["cases"]])
             infer = _summary([c["infer_seconds"] for c in row["cases"]])
-            row = {"method": method, "budget": budget, **row, "dice": dice, "hd95": hd95, "infer_seconds": infer,
+            row = {"method": method, "label": args.label, "budget": budget,
+                   "overrides": {} if method in BASELINES else args.overrides, **row, "dice": dice, "hd95": hd95, "infer_seconds": infer,
                    "other_processes_cpu_share": share.others}
             report["rows"].append(row)
             print(f"  {row['epochs']} epochs, {row['steps']} steps, Dice {dice['mean']:.4f} +- {dice['sd']:.4f}, "
@@ -550,12 +551,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         earlier = json.loads(Path(args.merge_json).read_text())
         if earlier["data"]["blocks"] != report["data"]["blocks"]:
             raise SystemExit(f"{args.merge_json}: another data split; cannot merge")
-        mine = {(r["method"], r["budget"]) for r in report["rows"]}
-        kept = [dict(r, run_date=earlier["date"]) for r in earlier["rows"] if (r["method"], r["budget"]) not in mine]
+        mine = {_row_key(r) for r in report["rows"]}
+        kept = [dict(r, run_date=earlier.get("date") if "run_date" not in r else r["run_date"]) for r in earlier["rows"]
+                if _row_key(r) not in mine]
         order = {m: i for i, m in enumerate(METHODS)}
         report["rows"] = sorted(kept + report["rows"], key=lambda r: (r["budget"], order.get(r["method"], 99)))
         report["merged_from"] = {"date": earlier["date"], "command": earlier["command"],
-                                 "rows": [[r["method"], r["budget"]] for r in kept]}
+                                 "rows": [[_method_text(r), r["budget"]] for r in kept]}
     report["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     report["work_dir"] = str(work)
     if not args.keep and not args.work_dir:
@@ -570,6 +572,15 @@ _METHOD_TEXT = {
     "medsegdiff-demo": "bundle demo recipe (train.json + demo.json)",
     "medsegdiff-full": "bundle full recipe (train.json)",
 }
+
+
+def _row_key(row: dict[str, Any]) -> tuple[str, str, float]:
+    return row["method"], row.get("label") or "", row["budget"]
+
+
+def _method_text(row: dict[str, Any]) -> str:
+    text = _METHOD_TEXT.get(row["method"], row["method"])
+    return f"{text}, {row['label']}" if row.get("label") else text
 
 
 def _fmt(s: dict[str, Any], digits: int) -> str:
@@ -625,12 +636,12 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     for r in report["rows"]:
         if "error" in r:
-            lines.append(f"| {_METHOD_TEXT.get(r['method'], r['method'])} | {r['budget']:g} | failed: "
+            lines.append(f"| {_method_text(r)} | {r['budget']:g} | failed: "
                          f"{r['error'].splitlines()[0][:120]} | | | | | |")
             continue
         cpu = r.get("train_cpu_seconds", float("nan"))
         lines.append(
-            f"| {_METHOD_TEXT.get(r['method'], r['method'])} | {r['budget']:g} | {r['epochs']} | {r['steps']} | "
+            f"| {_method_text(r)} | {r['budget']:g} | {r['epochs']} | {r['steps']} | "
             f"{f'{cpu:.0f}' if math.isfinite(cpu) else 'n/a'} | "
             f"{_fmt(r['dice'], 4)} | {_fmt(r['hd95'], 2)} | {r['infer_seconds']['mean']:.3f} |"
         )
@@ -650,13 +661,14 @@ def to_markdown(report: dict[str, Any]) -> str:
         seen = set()
         for r in recipes:
             rc = r["recipe"]
-            if r["method"] in seen:
+            if _method_text(r) in seen:
                 continue
-            seen.add(r["method"])
+            seen.add(_method_text(r))
+            sets = ", ".join(f"`{k}={json.dumps(v)}`" for k, v in (r.get("overrides") or {}).items())
             lines.append(
-                f"- {r['method']}: {' + '.join(rc['configs'])}, preset {rc['preset']}, lr {rc['learning_rate']}, "
+                f"- {_method_text(r)}: {' + '.join(rc['configs'])}, preset {rc['preset']}, lr {rc['learning_rate']}, "
                 f"{rc['num_ensemble']}-member ensemble, {rc['num_inference_steps']} {rc['sampler'].upper()} steps, "
-                f"{r['params']:,} parameters"
+                f"{r['params']:,} parameters" + (f"; overrides {sets}" if sets else "")
             )
     lines += ["", "![Dice per method and budget](quality.png)", ""]
     return "\n".join(lines)
@@ -669,14 +681,14 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = list(dict.fromkeys(r["method"] for r in report["rows"]))
+    methods = list(dict.fromkeys(_method_text(r) for r in report["rows"]))
     budgets = list(dict.fromkeys(r["budget"] for r in report["rows"]))
     width = 0.8 / max(len(methods), 1)
     fig, ax = plt.subplots(figsize=(4.5 + 1.4 * len(budgets) * max(len(methods), 1) * 0.5, 3.6))
     for i, m in enumerate(methods):
         xs, ys, es = [], [], []
         for j, b in enumerate(budgets):
-            r = next((r for r in report["rows"] if r["method"] == m and r["budget"] == b and "dice" in r), None)
+            r = next((r for r in report["rows"] if _method_text(r) == m and r["budget"] == b and "dice" in r), None)
             if r is not None:
                 xs.append(j + (i - (len(methods) - 1) / 2) * width)
                 ys.append(r["dice"]["mean"])
@@ -712,15 +724,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--short", action="store_true",
                    help="CI: 8 s budgets, no calibration run, 64x64, 2-member ensemble, no full recipe")
     p.add_argument("--from_json", default=None, help="re-render the markdown and plot of a report")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="bundle config override for the recipes, e.g. --set use_ema=true --set 'train#x=[1]' "
+                        "(VALUE is JSON, else a string; repeatable); recorded in the report")
+    p.add_argument("--label", default="", help="name of this variant in the table (e.g. the levers set with --set)")
     p.add_argument("--merge_json", default=None,
                    help="add the rows of an earlier report (same data) for the methods not run now")
     args = p.parse_args(argv)
     args.overrides = {}
+    for item in args.sets:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            args.overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            args.overrides[key] = value
     if args.short:  # a code check: every step of the benchmark, in about a minute and a half
         args.budget = args.budget or [8.0]
         args.calibration_epochs = 0
         args.timing_volumes = 1
-        args.overrides = {"num_ensemble": 2, "num_overlay_slices": 1}
+        args.overrides = {"num_ensemble": 2, "num_overlay_slices": 1, **args.overrides}
         if args.methods == list(METHODS):
             args.methods = ["basicunet", "segresnet", "medsegdiff-demo"]  # the full recipe only adds time
     args.budget = args.budget or [150.0]

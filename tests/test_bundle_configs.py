@@ -169,3 +169,54 @@ def test_verify_net_in_out():
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "data shape of network is verified with no error" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("use_ema", [False, True])
+def test_ema_weights_are_the_ones_validated_and_saved(use_ema, tmp_path):
+    """With ``use_ema`` the evaluator, the best-model saver and the checkpoints use Ignite's EMA copy."""
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "demo.json")])
+    parser["bundle_root"] = str(tmp_path)
+    parser["use_ema"] = use_ema
+    network, ema, eval_network = (parser.get_parsed_content(k) for k in ("network", "ema", "eval_network"))
+    if use_ema:
+        assert ema.ema_model is eval_network and eval_network is not network
+        with torch.no_grad():  # the copy follows the network by the configured momentum
+            p, e = next(network.parameters()), next(eval_network.parameters())
+            p.add_(1.0)
+            before = e.clone()
+            engine = type("E", (), {"state": type("S", (), {"ema_momentum": parser["ema_momentum"]})()})()
+            ema._update_ema_model(engine, "ema_momentum")
+            torch.testing.assert_close(e, before + parser["ema_momentum"] * (p - before))
+    else:
+        assert ema is None and eval_network is network
+    assert parser.get_parsed_content("validate#best_saver").save_dict["model"] is eval_network
+    train = json.loads((CONFIGS / "train.json").read_text())
+    assert train["validate"]["evaluator"]["network"] == "@eval_network"
+    assert train["train"]["checkpoint_dict"]["ema_model"] == "@eval_network"  # resumed, not re-copied
+    assert any("@ema.attach(@train#trainer)" in step for step in train["run"])
+    multi = json.loads((CONFIGS / "multi_gpu_train.json").read_text())
+    assert any("@ema.attach(@train#trainer)" in step for step in multi["run"])
+
+
+def test_augmentation_keeps_masks_binary(tmp_path):
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "demo.json")])
+    parser["bundle_root"] = str(tmp_path)
+    parser["augment"] = True
+    from monai.transforms import Compose
+
+    aug = Compose(parser.get_parsed_content("train#augmentation")).set_random_state(0)
+    assert len(aug.transforms) == 5
+    image = torch.randn(4, 32, 32)
+    label = torch.zeros(1, 32, 32)
+    label[:, 8:20, 10:24] = 1
+    changed = 0
+    for _ in range(10):
+        out = aug({"image": image.clone(), "label": label.clone()})
+        assert out["image"].shape == (4, 32, 32) and out["label"].shape == (1, 32, 32)
+        assert set(torch.unique(torch.as_tensor(out["label"])).tolist()) <= {0.0, 1.0}
+        changed += not torch.equal(torch.as_tensor(out["image"]), image)
+    assert changed >= 5
+    parser["augment"] = False
+    assert parser.get_parsed_content("train#augmentation") == []
