@@ -210,7 +210,7 @@ def test_build_datalist_skip_bad_cases(data_root, tmp_path):
 
 
 def test_layout_argument_checks(data_root):
-    with pytest.raises(ValueError, match="unknown layout"):
+    with pytest.raises(ValueError, match="`layout` must be one of .*got .nifti."):
         find_cases(data_root / "brats2021", layout="nifti")
     with pytest.raises(DataError, match="not named like a brats2020 case"):
         find_cases(data_root / "brats2021", layout="brats2020")
