@@ -22,7 +22,12 @@ import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
 from monai.transforms import Transform
-from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor, get_equivalent_dtype
+from monai.utils import (
+    TransformBackends,
+    convert_to_dst_type,
+    convert_to_tensor,
+    get_equivalent_dtype,
+)
 
 from ..data.conventions import (
     MODALITIES,
