@@ -6,6 +6,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import data, engines, handlers, inferers, losses, networks, transforms, utils  # noqa: E402
+from . import data, engines, handlers, inferers, losses, networks, transforms, utils, visualize  # noqa: E402
 
-__all__ = ["data", "engines", "handlers", "inferers", "losses", "networks", "transforms", "utils", "__version__"]
+__all__ = [
+    "data", "engines", "handlers", "inferers", "losses", "networks", "transforms", "utils", "visualize", "__version__"
+]

@@ -10,8 +10,17 @@ from parameterized import parameterized
 
 from monai.data import load_decathlon_datalist
 from medsegdiff_monai.data import (
+    LAYOUT_REGISTRY,
     DataError,
+    Layout,
+    LayoutCases,
+    available_layouts,
+    brats_file_name,
     build_datalist,
+    case_id_from_path,
+    parse_brats_file_name,
+    register_layout,
+    strip_nifti_suffix,
     detect_layout,
     find_cases,
     load_datalist,
@@ -121,6 +130,16 @@ def test_split_by_case_seeded():
     assert all("label" not in x for x in a["test"] if x["case_id"].startswith("u"))
 
 
+def test_split_pinned():
+    # the split of a seed never changes: datalists written by earlier versions stay reproducible
+    cases = [{"case_id": f"c{i:02d}", "image": "x", "label": "y"} for i in range(10)]
+    ids = {k: [x["case_id"] for x in v] for k, v in split_cases(cases, 0.2, 0.2, seed=0).items()}
+    assert ids == {"training": ["c00", "c02", "c03", "c04", "c06", "c09"], "validation": ["c01", "c05"],
+                   "test": ["c07", "c08"]}
+    ids = {k: [x["case_id"] for x in v] for k, v in split_cases(cases, 0.3, 0.0, seed=7).items()}
+    assert ids["validation"] == ["c01", "c03", "c08"] and ids["test"] == []
+
+
 @parameterized.expand([(1, 0.2, 0.0, (1, 0, 0)), (2, 0.5, 0.0, (1, 1, 0)), (3, 0.4, 0.4, (1, 1, 1)),
                        (8, 0.2, 0.0, (6, 2, 0)), (10, 0.0, 0.0, (10, 0, 0))])
 def test_split_counts(n, val, test, expected):
@@ -210,7 +229,7 @@ def test_build_datalist_skip_bad_cases(data_root, tmp_path):
 
 
 def test_layout_argument_checks(data_root):
-    with pytest.raises(ValueError, match="unknown layout"):
+    with pytest.raises(ValueError, match="`layout` must be one of .*got .nifti."):
         find_cases(data_root / "brats2021", layout="nifti")
     with pytest.raises(DataError, match="not named like a brats2020 case"):
         find_cases(data_root / "brats2021", layout="brats2020")
@@ -225,3 +244,49 @@ def test_msd_missing_label_is_named(data_root, tmp_path, with_dataset_json):
         (root / "dataset.json").unlink()
     with pytest.raises(DataError, match=r"case BRATS_002: label .*labelsTr/BRATS_002.nii.gz not found"):
         find_cases(root)
+
+
+@parameterized.expand([
+    ("/d/BraTS2021_00000/BraTS2021_00000_t1ce.nii.gz", "BraTS2021_00000"),
+    (["/d/BraTS20_Training_001_t1.nii", "/d/BraTS20_Training_001_flair.nii"], "BraTS20_Training_001"),
+    ("/d/imagesTr/BRATS_001.nii.gz", "BRATS_001"),
+    ("BraTS-GLI-00000-000_t2f.NII.GZ", "BraTS-GLI-00000-000"),
+    (Path("x/patient_7.nii"), "patient_7"),
+])
+def test_case_id_from_path(path, case_id):
+    assert case_id_from_path(path) == case_id
+
+
+def test_brats_file_names_round_trip():
+    assert brats_file_name("BraTS2021_00000", "seg") == "BraTS2021_00000_seg.nii.gz"
+    assert parse_brats_file_name("/a/BraTS2021_00000_T1CE.nii") == ("BraTS2021_00000", "t1ce")
+    assert parse_brats_file_name("W39_1998.09.19_Segm.nii.gz") is None
+    assert strip_nifti_suffix("a/b/x.NII.gz") == "x" and strip_nifti_suffix("notes.txt") == "notes.txt"
+
+
+def test_register_layout(data_root, tmp_path):
+    # a new layout: one flat folder of <case>.nii.gz images, detected before the built-in BraTS layouts
+    root = tmp_path / "flat"
+    root.mkdir()
+    for case in ("BraTS2021_00000", "BraTS2021_00001"):
+        shutil.copy(data_root / "brats2021" / case / f"{case}_flair.nii.gz", root / f"{case}.nii.gz")
+
+    def discover(folder, label_convention):
+        cases = [{"case_id": case_id_from_path(f), "image": str(f), "label_convention": label_convention or "brats",
+                  "modality_order": "flair"} for f in sorted(folder.glob("*.nii.gz"))]
+        return LayoutCases(cases, {}, label_convention or "brats", ("flair",))
+
+    assert detect_layout(data_root / "brats2021") == "brats2021"
+    with pytest.raises(DataError, match="no cases found"):
+        detect_layout(root)
+    register_layout(Layout("flat", lambda folder: any(folder.glob("*.nii.gz")), discover, priority=5))
+    try:
+        assert available_layouts()[:2] == ("auto", "flat")
+        assert detect_layout(root) == "flat"
+        assert [c["case_id"] for c in find_cases(root)] == ["BraTS2021_00000", "BraTS2021_00001"]
+        assert detect_layout(data_root / "msd") == "msd"  # the others are still found
+        with pytest.raises(ValueError, match="already registered"):
+            register_layout(Layout("flat", bool, discover))
+    finally:
+        del LAYOUT_REGISTRY["flat"]
+    assert "flat" not in available_layouts()

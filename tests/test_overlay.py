@@ -12,6 +12,7 @@ from parameterized import parameterized
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
 from medsegdiff_monai.transforms import SaveOverlayD, SaveOverlayDict, SaveOverlayd, overlay_file_stem, select_slices
+from medsegdiff_monai.visualize import display_plan, orient_slice
 
 SHAPE = (24, 20, 12)  # H, W, D: slices along the last axis
 DPI, PANEL = 20, 1.0  # 20 x 20 pixel panels keep the drawing fast
@@ -96,8 +97,8 @@ def test_optional_inputs(tmp_path, kwargs, case_kwargs, columns):
 def test_case_names(tmp_path):
     d = _case(case_id=None)
     d["image"].meta["filename_or_obj"] = "/data/BraTS_007/BraTS_007_flair.nii.gz"
-    _xf(tmp_path)(d)
-    assert (tmp_path / "overlays" / "BraTS_007_flair_overlay.png").is_file()
+    _xf(tmp_path)(d)  # named by the case id of the file, as the predictions are (case_id_from_path)
+    assert sorted(p.name for p in (tmp_path / "overlays").iterdir()) == ["BraTS_007_overlay.png"]
     xf = _xf(tmp_path, output_postfix="")
     xf({"image": torch.zeros(4, *SHAPE), "pred": torch.zeros(1, *SHAPE)})  # no name at all: numbered
     xf({"image": torch.zeros(4, 8, 8), "pred": torch.zeros(1, 8, 8), "case_id": "/joined/path/c2"})  # a 2D case
@@ -115,15 +116,15 @@ def test_radiological_display_independent_of_storage():
     # the same head stored LPS (BraTS) and RAS (both in-plane axes flipped) is drawn the same way
     vol = np.arange(np.prod(SHAPE), dtype=np.float32).reshape(SHAPE)
     ras_affine = torch.diag(torch.tensor([1.0, 1, 1, 1]))
-    xf = SaveOverlayd()
-    lps_plan, ras_plan = xf._display(LPS.numpy(), (0, 1)), xf._display(ras_affine.numpy(), (0, 1))
-    lps = xf._orient(vol[..., 3], lps_plan)
-    ras = xf._orient(vol[::-1, ::-1, 3], ras_plan)
+    lps_plan, ras_plan = display_plan(LPS.numpy(), (0, 1)), display_plan(ras_affine.numpy(), (0, 1))
+    lps = orient_slice(vol[..., 3], lps_plan)
+    ras = orient_slice(vol[::-1, ::-1, 3], ras_plan)
     assert np.array_equal(lps, ras) and lps.shape == (SHAPE[1], SHAPE[0])  # rows: anterior-posterior
     assert np.array_equal(lps, vol[..., 3].T)  # LPS storage: the transposed array, nothing flipped
     aniso = LPS.clone().numpy()
     aniso[1, 1] = -2.0  # 2 mm rows, 1 mm columns
-    assert xf._display(aniso, (0, 1))[3] == 2.0
+    assert display_plan(aniso, (0, 1)).aspect == 2.0
+    assert display_plan(aniso, (0, 1), radiological=False) == (False, False, False, 0.5)  # stored order
 
 
 def test_bad_keys_and_shapes(tmp_path):

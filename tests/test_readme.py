@@ -32,3 +32,17 @@ def test_ci_runs_the_readme_commands():
     assert install in README and install in ci
     assert "python -m pytest -ra" in README and ci.rstrip().endswith("python -m pytest -ra")
     assert "python -m monai.bundle run training --config_file bundle/configs/train.json" in README
+
+
+def test_architecture_section_names_existing_files():
+    # the architecture map matches the code: every module it names exists where it says
+    section = README.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split(" | ", 1) for line in section.splitlines() if line.startswith("| `")]
+    assert len(rows) >= 10
+    for where, holds in rows:
+        for path in re.findall(r"`([^`]+)`", where):
+            base = REPO / ("" if path.startswith(("bundle", "benchmarks")) else "medsegdiff_monai") / path
+            assert list(base.parent.glob(base.name)), (where, path)
+            folder = base if base.is_dir() else base.parent
+            for name in re.findall(r"`([\w/]+\.(?:py|json|conf))`", holds):  # files named in the description
+                assert list(folder.rglob(name)), (where, name)

@@ -1,9 +1,15 @@
 # Copyright (c) medsegdiff-monai contributors
 # Licensed under the Apache License, Version 2.0
-"""BraTS / MSD Task01 datalists, data checks and the synthetic demo data set."""
+"""BraTS / MSD Task01 data: layouts and case discovery, case ids, splits, datalists, checks and the demo data set."""
 
 from __future__ import annotations
 
+from .case_ids import (
+    brats_file_name,
+    case_id_from_path,
+    parse_brats_file_name,
+    strip_nifti_suffix,
+)
 from .checks import check_case, check_dataset
 from .conventions import (
     LABEL_CONVENTIONS,
@@ -19,10 +25,29 @@ from .conventions import (
     region_label_values,
     region_names,
 )
-from .datalist import LAYOUTS, build_datalist, detect_layout, find_cases, load_datalist, split_cases, write_datalist
+from .datalist import build_datalist, load_datalist, write_datalist
 from .demo import DEMO_LAYOUTS, make_demo_case, make_demo_data
 from .image_writer import AtomicNibabelWriter
-from .nifti import NiftiInfo, case_file_problems, inspect_nifti, is_nifti_name, read_nifti
+from .layout_base import Layout, LayoutCases
+from .layouts import (
+    LAYOUT_REGISTRY,
+    LAYOUTS,
+    DiscoveredCases,
+    available_layouts,
+    detect_layout,
+    discover_cases,
+    find_cases,
+    register_layout,
+)
+from .nifti import (
+    NiftiInfo,
+    case_file_problems,
+    inspect_nifti,
+    is_nifti_name,
+    read_nifti,
+)
+from .problems import apply_error_policy, problem_summary
+from .splits import split_cases
 
 __all__ = [
     "AtomicNibabelWriter",
@@ -40,9 +65,22 @@ __all__ = [
     "parse_modality_order",
     "region_label_values",
     "region_names",
+    "LAYOUT_REGISTRY",
+    "Layout",
+    "LayoutCases",
+    "DiscoveredCases",
+    "register_layout",
+    "available_layouts",
     "detect_layout",
+    "discover_cases",
     "find_cases",
+    "apply_error_policy",
+    "problem_summary",
     "split_cases",
+    "brats_file_name",
+    "case_id_from_path",
+    "parse_brats_file_name",
+    "strip_nifti_suffix",
     "build_datalist",
     "write_datalist",
     "load_datalist",

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from .conventions import DataError, allowed_label_values, parse_modality_order
-from .datalist import _discover
+from .layouts import discover_cases
 from .nifti import case_file_problems, read_nifti
 
 __all__ = ["check_case", "check_dataset"]
@@ -102,7 +102,7 @@ def check_dataset(
     Raises:
         DataError: when the folder is missing or holds no recognisable case.
     """
-    layout, cases, problems, _, _ = _discover(data_dir, layout, label_convention)
+    layout, cases, problems, _, _ = discover_cases(data_dir, layout, label_convention)
     report: dict[str, list[str]] = {}
     for item in sorted(cases, key=lambda c: c["case_id"]):
         cid = item["case_id"]

@@ -14,6 +14,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from ..utils.enums import look_up_named_option
+
 __all__ = [
     "DataError",
     "MODALITIES",
@@ -141,9 +143,7 @@ def format_modality_order(order: Sequence[str]) -> str:
 
 def _convention(name: str) -> dict[str, Any]:
     key = str(item_value(name)).strip().lower()
-    if key not in LABEL_CONVENTIONS:
-        raise ValueError(f"unknown label convention {name!r}; choose one of {sorted(LABEL_CONVENTIONS)}.")
-    return LABEL_CONVENTIONS[key]
+    return LABEL_CONVENTIONS[look_up_named_option("label_convention", key, LABEL_CONVENTIONS)]
 
 
 def region_names(regions: str | Sequence[str]) -> tuple[str, ...]:

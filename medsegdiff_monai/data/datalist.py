@@ -1,6 +1,8 @@
 # Copyright (c) medsegdiff-monai contributors
 # Licensed under the Apache License, Version 2.0
-"""Datalist builders for BraTS 2020/2021 folders and the MSD Task01_BrainTumour folder.
+"""Datalists: build, write and load the MONAI datalist JSON of a BraTS 2020/2021 or MSD Task01_BrainTumour folder.
+
+Finding the cases is :mod:`~medsegdiff_monai.data.layouts`' job, splitting them :mod:`~medsegdiff_monai.data.splits`'.
 
 The result is a MONAI (Medical Segmentation Decathlon style) datalist JSON that
 ``monai.data.load_decathlon_datalist`` reads::
@@ -34,366 +36,38 @@ from __future__ import annotations
 
 import json
 import os
-import random
-import re
 import tempfile
-import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..utils.enums import DataLayout, OnError
 from .conventions import (
     LABEL_CONVENTIONS,
     MODALITIES,
-    MSD_MODALITY_ORDER,
     DataError,
-    canonical_modality,
     format_modality_order,
     item_value,
 )
-from .nifti import NIFTI_SUFFIXES, is_nifti_name
+from .layout_base import data_folder
+from .layouts import LAYOUTS, detect_layout, discover_cases, find_cases
+from .problems import apply_error_policy
+from .splits import check_fractions, split_cases
 
 __all__ = [
+    "build_datalist",
+    "write_datalist",
+    "load_datalist",
+    # re-exported from .layouts and .splits: this module's import path before they were split out
     "LAYOUTS",
     "detect_layout",
     "find_cases",
     "split_cases",
-    "build_datalist",
-    "write_datalist",
-    "load_datalist",
 ]
 
-#: accepted values of ``layout``; "brats" is any folder-per-case layout named ``<case>/<case>_<modality>.nii.gz``
-LAYOUTS: tuple[str, ...] = ("auto", "brats2021", "brats2020", "brats", "msd")
-
-_CASE_PATTERNS: dict[str, re.Pattern] = {
-    "brats2021": re.compile(r"^BraTS2021_\d+$"),
-    "brats2020": re.compile(r"^BraTS20_(Training|Validation)_\d+$"),
-}
-_LAYOUT_NAMES = {"brats2021": "BraTS2021_NNNNN", "brats2020": "BraTS20_Training_NNN or BraTS20_Validation_NNN"}
-_BRATS_FILE = re.compile(r"^(?P<case>.+)_(?P<mod>t1|t1ce|t2|flair|seg)\.nii(\.gz)?$", re.IGNORECASE)
+#: item fields that are not paths, restored after ``load_decathlon_datalist`` (see :func:`load_datalist`)
 _ITEM_META_KEYS = ("case_id", "label_convention", "modality_order")
-
-
-def _data_dir(data_dir: str | os.PathLike) -> Path:
-    root = Path(data_dir).expanduser()
-    if not root.exists():
-        raise DataError(f"{root}: data folder not found.")
-    if not root.is_dir():
-        raise DataError(f"{root}: is a file, expected a data folder.")
-    return root.resolve()
-
-
-def _visible(path: Path) -> bool:
-    return not path.name.startswith(".")  # also skips macOS "._*" resource forks and ".DS_Store"
-
-
-def _nifti_files(folder: Path) -> list[Path]:
-    try:
-        return sorted(f for f in folder.iterdir() if f.is_file() and is_nifti_name(f.name))
-    except OSError:
-        return []
-
-
-def _case_dirs(root: Path) -> list[Path]:
-    return [d for d in sorted(root.iterdir()) if d.is_dir() and _visible(d) and _nifti_files(d)]
-
-
-def _no_cases_message(root: Path) -> str:
-    msg = (
-        f"{root}: no cases found. Expected a BraTS folder (<case>/<case>_{{t1,t1ce,t2,flair,seg}}.nii.gz, e.g. "
-        "BraTS2021_00000/BraTS2021_00000_t1.nii.gz) or an MSD Task01_BrainTumour folder (dataset.json, "
-        "imagesTr/, labelsTr/, imagesTs/)."
-    )
-    files = [f.name for f in _nifti_files(root)]
-    if any(_BRATS_FILE.match(f) and _BRATS_FILE.match(f).group("case") == root.name for f in files):
-        msg += " This looks like a single case folder: pass the folder that contains the case folders."
-    else:
-        subdirs = [d for d in sorted(root.iterdir()) if d.is_dir() and _visible(d)]
-        if len(subdirs) == 1:
-            msg += f" Did you mean its subfolder {subdirs[0]}?"
-    return msg
-
-
-def detect_layout(data_dir: str | os.PathLike) -> str:
-    """Tell which layout a data folder has.
-
-    Args:
-        data_dir: the folder holding the case folders (BraTS) or ``dataset.json``/``imagesTr`` (MSD).
-
-    Returns:
-        ``"msd"`` for a Task01_BrainTumour folder; ``"brats2021"`` when every case folder is named
-        ``BraTS2021_NNNNN``; ``"brats2020"`` when every one is ``BraTS20_{Training,Validation}_NNN``; else
-        ``"brats"`` (any folder-per-case layout with ``<case>_<modality>.nii[.gz]`` files).
-
-    Raises:
-        DataError: when the folder does not exist or holds no recognisable case.
-    """
-    root = _data_dir(data_dir)
-    if (root / "dataset.json").is_file() or (root / "imagesTr").is_dir():
-        return "msd"
-    names = [d.name for d in _case_dirs(root)]
-    if not names:
-        raise DataError(_no_cases_message(root))
-    for layout, pattern in _CASE_PATTERNS.items():
-        if all(pattern.match(n) for n in names):
-            return layout
-    return "brats"
-
-
-def _brats_case(folder: Path, convention: str) -> tuple[dict[str, Any], list[str]]:
-    """One BraTS case folder -> (item with absolute paths, problems)."""
-    name = folder.name
-    files = {f.name: f for f in _nifti_files(folder)}
-    found: dict[str, Path] = {}
-    problems: list[str] = []
-    for mod in (*MODALITIES, "seg"):
-        hits = [files[f"{name}_{mod}{suffix}"] for suffix in NIFTI_SUFFIXES if f"{name}_{mod}{suffix}" in files]
-        if len(hits) > 1:
-            problems.append(f"both {hits[0].name} and {hits[1].name} exist in {folder}; keep one.")
-        if hits:
-            found[mod] = hits[0]
-    used = {p.name for p in found.values()}
-    foreign: list[str] = []
-    for fname in sorted(set(files) - used):
-        m = _BRATS_FILE.match(fname)
-        if m and m.group("case") != name:
-            foreign.append(fname)
-        elif "seg" in fname.lower():
-            problems.append(
-                f"unexpected segmentation file {folder / fname}: rename it to {name}_seg.nii.gz "
-                f"(or {name}_seg.nii if it is not compressed)."
-            )
-        else:
-            problems.append(f"unexpected file {folder / fname} (expected {name}_<t1|t1ce|t2|flair|seg>.nii.gz).")
-    if foreign:
-        problems.append(
-            f"case folder name does not match its files: folder {name!r} holds {', '.join(foreign)} "
-            f"(expected {name}_<t1|t1ce|t2|flair|seg>.nii.gz)."
-        )
-    missing = [m for m in MODALITIES if m not in found]
-    if missing and not foreign:
-        for m in missing:
-            problems.append(f"missing modality {m}: {folder / f'{name}_{m}.nii.gz'} not found.")
-    item: dict[str, Any] = {"case_id": name, "image": [str(found[m]) for m in MODALITIES if m in found]}
-    if "seg" in found:
-        item["label"] = str(found["seg"])
-    item["label_convention"] = convention
-    item["modality_order"] = format_modality_order(MODALITIES)
-    return item, problems
-
-
-def _brats_cases(root: Path, layout: str, convention: str) -> tuple[list[dict], dict[str, list[str]]]:
-    dirs = _case_dirs(root)
-    if not dirs:
-        raise DataError(_no_cases_message(root))
-    cases, problems = [], {}
-    pattern = _CASE_PATTERNS.get(layout)
-    for d in dirs:
-        item, probs = _brats_case(d, convention)
-        if pattern is not None and not pattern.match(d.name):
-            probs.insert(0, f"folder {d} is not named like a {layout} case ({_LAYOUT_NAMES[layout]}).")
-        cases.append(item)
-        if probs:
-            problems[d.name] = probs
-    return cases, problems
-
-
-def _case_id_from_file(path: str) -> str:
-    base = os.path.basename(path)
-    for suffix in NIFTI_SUFFIXES:
-        if base.lower().endswith(suffix):
-            return base[: -len(suffix)]
-    return base
-
-
-def _msd_order_and_convention(meta: dict[str, Any], where: Path) -> tuple[tuple[str, ...], str]:
-    order = MSD_MODALITY_ORDER
-    if "modality" in meta:
-        try:
-            modality = {int(k): v for k, v in dict(meta["modality"]).items()}
-            order = tuple(canonical_modality(modality[k]) for k in sorted(modality))
-        except (ValueError, TypeError, AttributeError) as e:
-            raise DataError(f"{where}: cannot read its 'modality' entry ({e}).") from e
-        if sorted(order) != sorted(MODALITIES):
-            raise DataError(f"{where}: 'modality' lists {order}, expected the four of {MODALITIES}.")
-    convention = "msd"
-    labels = meta.get("labels")
-    if isinstance(labels, dict) and "4" in {str(k) for k in labels}:
-        convention = "brats"
-    return order, convention
-
-
-def _msd_cases(root: Path, convention: str | None) -> tuple[list[dict], dict[str, list[str]], str, tuple]:
-    ds_file = root / "dataset.json"
-    problems: dict[str, list[str]] = {}
-    entries: list[tuple[str, str | None]] = []  # (image, label or None)
-    meta: dict[str, Any] = {}
-    if ds_file.is_file():
-        try:
-            with open(ds_file) as f:
-                meta = json.load(f)
-        except (OSError, json.JSONDecodeError) as e:
-            raise DataError(f"{ds_file}: not a readable dataset.json ({e}).") from e
-        if not isinstance(meta, dict):
-            raise DataError(f"{ds_file}: expected a JSON object.")
-        for i, it in enumerate(meta.get("training", [])):
-            if not isinstance(it, dict) or "image" not in it:
-                raise DataError(f"{ds_file}: training entry {i} has no 'image'.")
-            entries.append((str(root / os.path.normpath(it["image"])),
-                            str(root / os.path.normpath(it["label"])) if it.get("label") else None))
-        for it in meta.get("test", []):
-            img = it.get("image") if isinstance(it, dict) else it
-            entries.append((str(root / os.path.normpath(img)), None))
-    else:  # no dataset.json: scan the folders (skipping macOS "._*" files of the published archive)
-        for sub, labeled in (("imagesTr", True), ("imagesTs", False)):
-            for f in _nifti_files(root / sub) if (root / sub).is_dir() else []:
-                entries.append((str(f), str(root / "labelsTr" / f.name) if labeled else None))
-    if not entries:
-        raise DataError(_no_cases_message(root))
-    order, found_convention = _msd_order_and_convention(meta, ds_file)
-    convention = convention or found_convention
-    cases = []
-    for img, lab in entries:
-        cid = _case_id_from_file(img)
-        probs = problems.setdefault(cid, [])
-        if not os.path.isfile(img):
-            probs.append(f"image {img} not found.")
-        if lab is not None and not os.path.isfile(lab):
-            probs.append(f"label {lab} not found.")
-        item: dict[str, Any] = {"case_id": cid, "image": img}
-        if lab is not None:
-            item["label"] = lab
-        item["label_convention"] = convention
-        item["modality_order"] = format_modality_order(order)
-        cases.append(item)
-    return cases, {k: v for k, v in problems.items() if v}, convention, order
-
-
-def _discover(
-    data_dir: str | os.PathLike, layout: str = "auto", label_convention: str | None = None
-) -> tuple[str, list[dict], dict[str, list[str]], str, tuple[str, ...]]:
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}; choose one of {LAYOUTS}.")
-    if label_convention is not None and label_convention not in LABEL_CONVENTIONS:
-        raise ValueError(f"unknown label convention {label_convention!r}; choose one of {sorted(LABEL_CONVENTIONS)}.")
-    root = _data_dir(data_dir)
-    if layout == "auto":
-        layout = detect_layout(root)
-    if layout == "msd":
-        cases, problems, convention, order = _msd_cases(root, label_convention)
-    else:
-        convention, order = label_convention or "brats", MODALITIES
-        cases, problems = _brats_cases(root, layout, convention)
-    ids = [c["case_id"] for c in cases]
-    for cid in {i for i in ids if ids.count(i) > 1}:
-        problems.setdefault(cid, []).append(f"case id {cid!r} occurs {ids.count(cid)} times.")
-    return layout, cases, problems, convention, order
-
-
-def _problem_summary(problems: dict[str, list[str]], limit: int = 3) -> str:
-    lines = [f"case {cid}: {p}" for cid, probs in problems.items() for p in probs]
-    text = " | ".join(lines[:limit])
-    if len(lines) > limit:
-        text += f" | ... and {len(lines) - limit} more (run `medsegdiff-monai check_data` for the full report)"
-    return f"{len(problems)} case(s) have problems: {text}"
-
-
-def _apply_on_error(cases: list[dict], problems: dict[str, list[str]], on_error: str) -> list[dict]:
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}.")
-    if not problems:
-        return cases
-    if on_error == "raise":
-        raise DataError(_problem_summary(problems))
-    warnings.warn(f"skipping {_problem_summary(problems, limit=len(problems) * 10)}", stacklevel=3)
-    return [c for c in cases if c["case_id"] not in problems]
-
-
-def find_cases(
-    data_dir: str | os.PathLike,
-    layout: str = "auto",
-    label_convention: str | None = None,
-    on_error: str = "raise",
-) -> list[dict[str, Any]]:
-    """List the cases of a data folder, with absolute paths.
-
-    Only file names and folder structure are checked here (not file contents: see
-    :func:`medsegdiff_monai.data.check_dataset`). Hidden files and macOS ``._*`` files are ignored.
-
-    Args:
-        data_dir: the data folder.
-        layout: one of :data:`LAYOUTS`; ``"auto"`` calls :func:`detect_layout`.
-        label_convention: override the convention implied by the layout (``"brats"`` for BraTS folders; for MSD
-            ``"msd"`` unless dataset.json's labels include 4).
-        on_error: ``"raise"`` a :class:`DataError` summarising every problem, or ``"skip"`` the cases with
-            problems (with a warning).
-
-    Returns:
-        items ``{"case_id", "image", "label" (labeled cases only), "label_convention", "modality_order"}``,
-        sorted by case id.
-
-    Raises:
-        DataError: when the folder is missing, holds no case, or (``on_error="raise"``) a case has a problem.
-    """
-    _, cases, problems, _, _ = _discover(data_dir, layout, label_convention)
-    cases = _apply_on_error(cases, problems, on_error)
-    return sorted(cases, key=lambda c: c["case_id"])
-
-
-def _check_fraction(name: str, value: float) -> float:
-    value = float(value)
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value}.")
-    return value
-
-
-def split_cases(
-    cases: Sequence[dict[str, Any]], val_fraction: float = 0.2, test_fraction: float = 0.0, seed: int = 0
-) -> dict[str, list[dict[str, Any]]]:
-    """Split cases into training, validation and test lists, by case (patient), reproducibly.
-
-    Labeled cases are sorted by ``case_id``, shuffled with ``random.Random(seed)`` and cut into
-    ``round(n * test_fraction)`` test, ``round(n * val_fraction)`` validation and the rest training cases (at least
-    one training case is kept when there is any labeled case). Unlabeled cases (no ``"label"``) always go to
-    ``"test"``, for inference. The result does not depend on the order of ``cases``.
-
-    Args:
-        cases: items with a unique ``"case_id"``.
-        val_fraction: fraction of labeled cases for validation, in [0, 1).
-        test_fraction: fraction of labeled cases held out for testing, in [0, 1).
-        seed: the shuffle seed.
-
-    Returns:
-        ``{"training": [...], "validation": [...], "test": [...]}``, each sorted by case id.
-
-    Raises:
-        ValueError: on fractions outside [0, 1) or summing to 1 or more.
-        DataError: on repeated case ids.
-    """
-    val_fraction = _check_fraction("val_fraction", val_fraction)
-    test_fraction = _check_fraction("test_fraction", test_fraction)
-    if val_fraction + test_fraction >= 1.0:
-        raise ValueError(f"val_fraction + test_fraction must be below 1, got {val_fraction + test_fraction}.")
-    ids = [c["case_id"] for c in cases]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        raise DataError(f"case ids occur more than once: {dup}.")
-    key = lambda c: c["case_id"]  # noqa: E731
-    labeled = sorted((c for c in cases if c.get("label")), key=key)
-    unlabeled = sorted((c for c in cases if not c.get("label")), key=key)
-    order = list(labeled)
-    random.Random(int(seed)).shuffle(order)
-    n = len(order)
-    n_test, n_val = int(round(n * test_fraction)), int(round(n * val_fraction))
-    while n and n_test + n_val > n - 1:  # keep at least one training case
-        if n_test >= n_val and n_test > 0:
-            n_test -= 1
-        else:
-            n_val -= 1
-    test, val, train = order[:n_test], order[n_test : n_test + n_val], order[n_test + n_val :]
-    return {"training": sorted(train, key=key), "validation": sorted(val, key=key),
-            "test": sorted(test, key=key) + unlabeled}
+#: the fields of a datalist item, in the order written
+_ITEM_KEYS = ("case_id", "image", "label", "label_convention", "modality_order")
 
 
 def _rel(path: str, base_dir: Path | None) -> str:
@@ -411,7 +85,7 @@ def _with_paths(item: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
     out["image"] = [_rel(p, base_dir) for p in img] if isinstance(img, (list, tuple)) else _rel(img, base_dir)
     if item.get("label"):
         out["label"] = _rel(item["label"], base_dir)
-    return {k: out[k] for k in ("case_id", "image", "label", "label_convention", "modality_order") if k in out}
+    return {k: out[k] for k in _ITEM_KEYS if k in out}
 
 
 def build_datalist(
@@ -419,10 +93,10 @@ def build_datalist(
     val_fraction: float = 0.2,
     test_fraction: float = 0.0,
     seed: int = 0,
-    layout: str = "auto",
+    layout: str = DataLayout.AUTO,
     base_dir: str | os.PathLike | None = None,
     label_convention: str | None = None,
-    on_error: str = "raise",
+    on_error: str = OnError.RAISE,
 ) -> dict[str, Any]:
     """Build a MONAI datalist (the JSON content) for a BraTS or MSD folder.
 
@@ -431,7 +105,7 @@ def build_datalist(
         val_fraction: fraction of labeled cases for ``"validation"``.
         test_fraction: fraction of labeled cases for ``"test"`` (they keep their ``"label"``, for evaluation).
         seed: the split seed (see :func:`split_cases`).
-        layout: one of :data:`LAYOUTS`.
+        layout: one of :data:`LAYOUTS` (see :func:`~medsegdiff_monai.data.layouts.find_cases`).
         base_dir: write paths relative to this folder (normally the folder of the JSON file); None writes
             absolute paths.
         label_convention: override the layout's label convention (see :func:`find_cases`).
@@ -440,10 +114,9 @@ def build_datalist(
     Returns:
         the datalist as a dict; see the module docstring for its keys.
     """
-    if _check_fraction("val_fraction", val_fraction) + _check_fraction("test_fraction", test_fraction) >= 1.0:
-        raise ValueError(f"val_fraction + test_fraction must be below 1, got {val_fraction + test_fraction}.")
-    layout_found, cases, problems, convention, order = _discover(data_dir, layout, label_convention)
-    cases = _apply_on_error(cases, problems, on_error)
+    check_fractions(val_fraction, test_fraction)
+    layout_found, cases, problems, convention, order = discover_cases(data_dir, layout, label_convention)
+    cases = apply_error_policy(cases, problems, on_error)
     if not cases:
         raise DataError(f"{data_dir}: no usable case left.")
     split = split_cases(cases, val_fraction, test_fraction, seed)
@@ -455,7 +128,7 @@ def build_datalist(
         "name": f"medsegdiff-monai datalist ({layout_found})",
         "description": "BraTS brain tumour segmentation cases; keys follow monai.data.load_decathlon_datalist.",
         "generated_by": f"medsegdiff_monai {__version__}",
-        "data_dir": _rel(str(_data_dir(data_dir)), base),
+        "data_dir": _rel(str(data_folder(data_dir)), base),
         "base_dir": "relative paths are relative to the folder of this file "
         "(monai.data.load_decathlon_datalist's default base_dir)",
         "layout": layout_found,
@@ -492,11 +165,11 @@ def write_datalist(
     val_fraction: float = 0.2,
     test_fraction: float = 0.0,
     seed: int = 0,
-    layout: str = "auto",
+    layout: str = DataLayout.AUTO,
     label_convention: str | None = None,
     absolute_paths: bool = False,
     overwrite: bool = False,
-    on_error: str = "raise",
+    on_error: str = OnError.RAISE,
 ) -> dict[str, Any]:
     """Build the datalist of a folder (:func:`build_datalist`) and write it as JSON (4-space indent).
 
@@ -523,7 +196,7 @@ def write_datalist(
         DataError: on data problems, or when ``output_json`` is an input file.
     """
     out = Path(output_json).expanduser().resolve()
-    root = _data_dir(data_dir)
+    root = data_folder(data_dir)
     if out.is_dir():
         raise DataError(f"{out}: is a folder; give the path of the JSON file to write.")
     if out == root / "dataset.json":

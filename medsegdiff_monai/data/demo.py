@@ -22,12 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..utils.enums import DataLayout, look_up_named_option
+from .case_ids import brats_file_name
 from .conventions import MODALITIES, MSD_MODALITY_ORDER, DataError
 
 __all__ = ["make_demo_data", "make_demo_case", "DEMO_LAYOUTS"]
 
 #: layouts :func:`make_demo_data` can write
-DEMO_LAYOUTS: tuple[str, ...] = ("brats2021", "brats2020", "msd")
+DEMO_LAYOUTS: tuple[str, ...] = (str(DataLayout.BRATS2021), str(DataLayout.BRATS2020), str(DataLayout.MSD))
 
 # tissue classes
 _BG, _CSF, _GM, _WM, _NEC, _ENH, _EDEMA = range(7)
@@ -139,9 +141,9 @@ def _case_names(layout: str, num_cases: int, num_unlabeled: int) -> list[tuple[s
     names = []
     for i in range(num_cases):
         labeled = i < num_cases - num_unlabeled
-        if layout == "brats2021":
+        if layout == DataLayout.BRATS2021:
             names.append((f"BraTS2021_{i:05d}", labeled))
-        elif layout == "brats2020":
+        elif layout == DataLayout.BRATS2020:
             names.append((f"BraTS20_{'Training' if labeled else 'Validation'}_{i + 1:03d}", labeled))
         else:
             names.append((f"BRATS_{i + 1:03d}", labeled))
@@ -162,7 +164,7 @@ def make_demo_data(
     seed: int = 0,
     shape: Sequence[int] = (96, 96, 64),
     overwrite: bool = False,
-    layout: str = "brats2021",
+    layout: str = DataLayout.BRATS2021,
     num_unlabeled: int = 0,
     num_healthy: int = 0,
 ) -> list[str]:
@@ -192,8 +194,7 @@ def make_demo_data(
         FileExistsError: when a case exists and ``overwrite`` is False (nothing is written then).
         ValueError: on bad arguments.
     """
-    if layout not in DEMO_LAYOUTS:
-        raise ValueError(f"layout must be one of {DEMO_LAYOUTS}, got {layout!r}.")
+    layout = look_up_named_option("layout", layout, DEMO_LAYOUTS)
     num_cases, num_unlabeled, num_healthy = int(num_cases), int(num_unlabeled), int(num_healthy)
     if num_cases < 1:
         raise ValueError(f"num_cases must be at least 1, got {num_cases}.")
@@ -206,7 +207,7 @@ def make_demo_data(
     if root.exists() and not root.is_dir():
         raise DataError(f"{root}: is a file, expected a folder to write the demo data into.")
     names = _case_names(layout, num_cases, num_unlabeled)
-    if layout == "msd":
+    if layout == DataLayout.MSD:
         targets = [root / ("imagesTr" if lab else "imagesTs") / f"{n}.nii.gz" for n, lab in names]
         targets += [root / "dataset.json"]
     else:
@@ -223,7 +224,7 @@ def make_demo_data(
     training, test = [], []
     for i, ((name, labeled), child) in enumerate(zip(names, children)):
         images, seg = make_demo_case(shape, child, tumour=i >= num_healthy)
-        if layout == "msd":
+        if layout == DataLayout.MSD:
             stack = np.stack([images[m] for m in MSD_MODALITY_ORDER], axis=-1).astype(np.float32)
             sub = "imagesTr" if labeled else "imagesTs"
             (root / sub).mkdir(parents=True, exist_ok=True)
@@ -239,11 +240,11 @@ def make_demo_data(
             case_dir = root / name
             case_dir.mkdir(parents=True, exist_ok=True)
             for mod in MODALITIES:
-                _save(images[mod], affine, case_dir / f"{name}_{mod}.nii.gz")
+                _save(images[mod], affine, case_dir / brats_file_name(name, mod))
             if labeled:
-                _save(seg, affine, case_dir / f"{name}_seg.nii.gz")
+                _save(seg, affine, case_dir / brats_file_name(name, "seg"))
             written.append(str(case_dir))
-    if layout == "msd":
+    if layout == DataLayout.MSD:
         dataset = {
             "name": "BRATS",
             "description": "Synthetic demo data in the layout of MSD Task01_BrainTumour, made by medsegdiff-monai",

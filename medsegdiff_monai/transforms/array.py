@@ -22,7 +22,12 @@ import numpy as np
 import torch
 from monai.config import NdarrayOrTensor
 from monai.transforms import Transform
-from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tensor
+from monai.utils import (
+    TransformBackends,
+    convert_to_dst_type,
+    convert_to_tensor,
+    get_equivalent_dtype,
+)
 
 from ..data.conventions import (
     MODALITIES,
@@ -38,16 +43,22 @@ __all__ = ["ReorderModalities", "LabelToRegions", "RegionsToLabel", "CheckFinite
 
 
 def resolve_dtype(dtype: str | torch.dtype | np.dtype | type | None) -> torch.dtype | None:
-    """Turn a JSON-friendly dtype spelling (``"float32"``, ``"torch.float32"``, ``"uint8"``) into a torch dtype."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
+    """Turn a JSON-friendly dtype spelling (``"float32"``, ``"torch.float32"``, ``"uint8"``) into a torch dtype.
+
+    Numpy spellings and types go through ``monai.utils.get_equivalent_dtype``; ``"torch.<name>"`` and torch-only
+    names that numpy lacks (``"bfloat16"``) are read from ``torch``.
+
+    Raises:
+        ValueError: on a name that is neither a torch nor a numpy dtype.
+    """
     if isinstance(dtype, str):
-        name = dtype.split(".")[-1]
-        value = getattr(torch, name, None)
+        value = getattr(torch, dtype.split(".")[-1], None)
         if isinstance(value, torch.dtype):
             return value
-        raise ValueError(f"unknown dtype {dtype!r}.")
-    return torch.from_numpy(np.zeros(0, dtype=dtype)).dtype
+    try:
+        return get_equivalent_dtype(dtype, torch.Tensor)
+    except TypeError:
+        raise ValueError(f"unknown dtype {dtype!r}.") from None
 
 
 def _in_values(x: torch.Tensor, values: Sequence[int]) -> torch.Tensor:

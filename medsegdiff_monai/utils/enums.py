@@ -4,20 +4,50 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from enum import Enum
 
-from monai.utils import look_up_option
+from monai.utils import StrEnum, look_up_option
 
-__all__ = ["look_up_named_option"]
+__all__ = ["DataLayout", "OnError", "look_up_named_option"]
 
 
-def look_up_named_option(name: str, value: object, supported: type[Enum]) -> str:
+class DataLayout(StrEnum):
+    """The data-folder layouts built into :mod:`medsegdiff_monai.data.layouts` (more can be registered there).
+
+    - ``AUTO``: detect the layout (:func:`~medsegdiff_monai.data.detect_layout`).
+    - ``BRATS2021``: case folders ``BraTS2021_NNNNN``.
+    - ``BRATS2020``: case folders ``BraTS20_Training_NNN`` / ``BraTS20_Validation_NNN``.
+    - ``BRATS``: any folder-per-case layout named ``<case>/<case>_<modality>.nii.gz``.
+    - ``MSD``: the Medical Segmentation Decathlon Task01_BrainTumour folder (4D images, ``dataset.json``).
+    """
+
+    AUTO = "auto"
+    BRATS2021 = "brats2021"
+    BRATS2020 = "brats2020"
+    BRATS = "brats"
+    MSD = "msd"
+
+
+class OnError(StrEnum):
+    """What to do with the cases of a data folder that have problems.
+
+    - ``RAISE``: raise one :class:`~medsegdiff_monai.data.DataError` summarising every problem.
+    - ``SKIP``: leave those cases out, with a warning naming them.
+    """
+
+    RAISE = "raise"
+    SKIP = "skip"
+
+
+def look_up_named_option(name: str, value: object, supported: type[Enum] | Collection[str]) -> str:
     """``monai.utils.look_up_option`` whose error names the argument (MONAI's message names only the value).
 
     Args:
         name: the argument's name, e.g. "sampler".
         value: the value given.
-        supported: the ``StrEnum`` of supported values.
+        supported: the ``StrEnum`` of supported values, or a collection of strings (e.g. the keys of a registry
+            that can grow at run time; for a mapping, its keys).
 
     Returns:
         the value as a plain string.
@@ -25,7 +55,9 @@ def look_up_named_option(name: str, value: object, supported: type[Enum]) -> str
     Raises:
         ValueError: ``"`name` must be one of (...), got value"``.
     """
-    try:
-        return str(look_up_option(value, supported).value)  # type: ignore[union-attr]
+    choices = tuple(m.value for m in supported) if isinstance(supported, type) else tuple(supported)
+    try:  # a mapping's keys as a tuple: look_up_option would return the mapping's value
+        found = look_up_option(value, supported if isinstance(supported, type) else choices)
     except (ValueError, TypeError):
-        raise ValueError(f"`{name}` must be one of {tuple(m.value for m in supported)}, got {value!r}.") from None
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.") from None
+    return str(found.value if isinstance(found, Enum) else found)
