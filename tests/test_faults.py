@@ -193,7 +193,7 @@ def _save_seg(folder: Path, writer, value: int):
     affine = np.diag([1.0, 1.0, 3.0, 1.0])
     img = MetaTensor(torch.full((1, 6, 5, 4), value, dtype=torch.uint8), affine=affine,
                      meta={"filename_or_obj": str(folder / "BraTS2021_00000_t1.nii.gz")})
-    from medsegdiff_monai.utils import case_name_formatter
+    from medsegdiff_monai.data import case_name_formatter
 
     save = SaveImaged(keys="pred", output_dir=str(folder), output_postfix="seg", output_dtype=np.uint8,
                       resample=False, separate_folder=False, writer=writer, output_name_formatter=case_name_formatter)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from .case_ids import (
     brats_file_name,
     case_id_from_path,
+    case_name_formatter,
     parse_brats_file_name,
     strip_nifti_suffix,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "split_cases",
     "brats_file_name",
     "case_id_from_path",
+    "case_name_formatter",
     "parse_brats_file_name",
     "strip_nifti_suffix",
     "build_datalist",

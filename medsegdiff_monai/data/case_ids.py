@@ -12,11 +12,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
+from typing import Any
 
 from .conventions import MODALITIES
 from .nifti import NIFTI_SUFFIXES
 
-__all__ = ["BRATS_FILE_KINDS", "strip_nifti_suffix", "case_id_from_path", "brats_file_name", "parse_brats_file_name"]
+__all__ = [
+    "BRATS_FILE_KINDS", "strip_nifti_suffix", "case_id_from_path", "case_name_formatter", "brats_file_name",
+    "parse_brats_file_name",
+]
 
 #: the ``<kind>`` of a BraTS file name ``<case>_<kind>.nii.gz``: the four modalities and the segmentation
 BRATS_FILE_KINDS: tuple[str, ...] = (*MODALITIES, "seg")
@@ -78,3 +82,19 @@ def parse_brats_file_name(name: str | os.PathLike) -> tuple[str, str] | None:
     """
     match = _BRATS_FILE.match(os.path.basename(os.fspath(name)))
     return (match.group("case"), match.group("kind").lower()) if match else None
+
+
+def case_name_formatter(metadict: dict, saver: Any) -> dict:
+    """``output_name_formatter`` for MONAI's ``SaveImaged``: name outputs by case id, not by the first modality's
+    file (``BraTS2021_00000_pred.nii.gz`` rather than ``BraTS2021_00000_t1_pred.nii.gz``).
+
+    Args:
+        metadict: the image's metadata (``filename_or_obj``).
+        saver: the ``SaveImage`` transform (for its data index when there is no file name).
+
+    Returns:
+        the ``FolderLayout.filename`` arguments ``{"subject": case_id, "idx": patch_index}``.
+    """
+    name = metadict.get("filename_or_obj") if metadict else None
+    subject = case_id_from_path(name) if name else str(getattr(saver, "_data_index", 0))
+    return {"subject": subject, "idx": metadict.get("patch_index") if metadict else None}

@@ -1,15 +1,13 @@
 from __future__ import annotations
 
 from .enums import DataLayout, OnError, look_up_named_option
-from .bundle import case_id_from_path, case_name_formatter, find_bundle_root, latest_checkpoint, prepare_datalist
+from .bundle import find_bundle_root, latest_checkpoint, prepare_datalist
 from .checkpoint import CheckpointError, check_checkpoint, load_checkpoint
 
 __all__ = [
     "CheckpointError",
     "DataLayout",
     "OnError",
-    "case_id_from_path",
-    "case_name_formatter",
     "check_checkpoint",
     "find_bundle_root",
     "latest_checkpoint",

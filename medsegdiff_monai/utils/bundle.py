@@ -13,9 +13,9 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-__all__ = ["find_bundle_root", "latest_checkpoint", "prepare_datalist", "case_name_formatter", "case_id_from_path"]
+
+__all__ = ["find_bundle_root", "latest_checkpoint", "prepare_datalist"]
 
 logger = logging.getLogger(__name__)
 
@@ -233,33 +233,3 @@ def prepare_datalist(
             )
     _barrier()
     return str(out)
-
-
-_MODALITY_SUFFIX = re.compile(r"_(t1|t1ce|t2|flair|t1n|t1c|t2w|t2f)$", re.IGNORECASE)
-_NIFTI_SUFFIX = re.compile(r"\.nii(\.gz)?$", re.IGNORECASE)
-
-
-def case_id_from_path(path: str | os.PathLike | Sequence[str]) -> str:
-    """The case id of an image file: ``.../BraTS2021_00000_t1.nii.gz`` -> ``BraTS2021_00000``,
-    ``.../imagesTr/BRATS_001.nii.gz`` -> ``BRATS_001`` (a list of modality files: the first one's).
-    """
-    if isinstance(path, (list, tuple)):
-        path = path[0]
-    name = _NIFTI_SUFFIX.sub("", os.path.basename(os.fspath(path)))  # type: ignore[arg-type]
-    return _MODALITY_SUFFIX.sub("", name)
-
-
-def case_name_formatter(metadict: dict, saver: Any) -> dict:
-    """``output_name_formatter`` for MONAI's ``SaveImaged``: name outputs by case id, not by the first modality's
-    file (``BraTS2021_00000_pred.nii.gz`` rather than ``BraTS2021_00000_t1_pred.nii.gz``).
-
-    Args:
-        metadict: the image's metadata (``filename_or_obj``).
-        saver: the ``SaveImage`` transform (for its data index when there is no file name).
-
-    Returns:
-        the ``FolderLayout.filename`` arguments ``{"subject": case_id, "idx": patch_index}``.
-    """
-    name = metadict.get("filename_or_obj") if metadict else None
-    subject = case_id_from_path(name) if name else str(getattr(saver, "_data_index", 0))
-    return {"subject": subject, "idx": metadict.get("patch_index") if metadict else None}
