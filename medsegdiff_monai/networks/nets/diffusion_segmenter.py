@@ -137,6 +137,10 @@ class DiffusionSegmenter(nn.Module):
             input's device with this dtype; the sampler arithmetic stays float32. Eager mode only (ignored when
             scripted).
         progress: show a tqdm progress bar over the steps (eager mode only).
+        share_context: with a network that has ``supports_context_repeats = True`` (MedSegDiffUNet) in mode
+            "crossattn", pass each image once with ``context_repeats=num_ensemble`` instead of repeating it per
+            member, so the network computes its member-independent image features once per image and step (same
+            result). Eager mode only (a scripted module repeats the image).
 
     Shapes:
         ``forward``: image ``(B, C_in, *spatial)`` -> probabilities ``(B, out_channels, *spatial)``, float32 in [0, 1].
@@ -164,6 +168,7 @@ class DiffusionSegmenter(nn.Module):
         mode: str = "crossattn",
         autocast_dtype: str | None = None,
         progress: bool = False,
+        share_context: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(network, nn.Module):
@@ -188,27 +193,35 @@ class DiffusionSegmenter(nn.Module):
         self.num_inference_steps = solver.num_inference_steps
         self.sampler = solver.sampler
         self.progress = bool(progress)
+        self.share_context = (
+            bool(share_context)
+            and self.mode == "crossattn"
+            and bool(getattr(network, "supports_context_repeats", False))
+        )
 
         # the state dict is the network's: strip / add the "network." prefix
         self.register_state_dict_post_hook(_strip_network_prefix)
         self.register_load_state_dict_pre_hook(_add_network_prefix)
 
     def extra_repr(self) -> str:
-        return f"num_ensemble={self.num_ensemble}, mode={self.mode!r}, autocast_dtype={self.autocast_dtype!r}"
+        return (
+            f"num_ensemble={self.num_ensemble}, mode={self.mode!r}, autocast_dtype={self.autocast_dtype!r}, "
+            f"share_context={self.share_context}"
+        )
 
-    def _denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def _denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, repeats: int = 1) -> torch.Tensor:
         """One network call, returning the ``out_channels`` mean-prediction channels in float32."""
         if not torch.jit.is_scripting():
             if self.autocast_dtype is not None:
                 with torch.autocast(device_type=x.device.type, dtype=AUTOCAST_DTYPES[self.autocast_dtype]):
-                    return self._call_network(x, t, cond).float()
-        return self._call_network(x, t, cond).float()
+                    return self._call_network(x, t, cond, repeats).float()
+        return self._call_network(x, t, cond, repeats).float()
 
-    def _call_network(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def _call_network(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, repeats: int = 1) -> torch.Tensor:
         if self.mode == "concat":
             out = self.network(torch.cat([x, cond.to(x.dtype)], dim=1), timesteps=t)
         else:
-            out = self.network(x, timesteps=t, context=cond)
+            out = self._call_crossattn(x, t, cond, repeats)
         c = self.out_channels
         if out.shape[1] == 2 * c:  # learned-variance models: keep the mean prediction
             out = out[:, :c]
@@ -217,6 +230,12 @@ class DiffusionSegmenter(nn.Module):
                 "The network returned " + str(out.shape[1]) + " channels, expected out_channels=" + str(c) + "."
             )
         return out
+
+    def _call_crossattn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, repeats: int) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if repeats > 1:  # each image once, shared by its `repeats` member rows (eager only)
+                return self.network(x, timesteps=t, context=cond, context_repeats=repeats)
+        return self.network(x, timesteps=t, context=cond)
 
     def sample(
         self,
@@ -241,7 +260,12 @@ class DiffusionSegmenter(nn.Module):
             b = image.shape[0]
             n = self.num_ensemble
             spatial: List[int] = [int(d) for d in image.shape[2:]]
-            cond = image if n == 1 else image.repeat_interleave(n, dim=0)  # member m of image i at row i * n + m
+            repeats = 1
+            if not torch.jit.is_scripting():
+                if self.share_context:
+                    repeats = n
+            # member m of image i at row i * n + m
+            cond = image if n == 1 or repeats > 1 else image.repeat_interleave(n, dim=0)
             if not cond.is_floating_point():
                 cond = cond.float()
             shape = [b * n, self.out_channels] + spatial
@@ -255,7 +279,7 @@ class DiffusionSegmenter(nn.Module):
             last = self.num_inference_steps - 1
             for i in range(self.num_inference_steps):
                 t = self.solver.timesteps[i].expand(b * n)
-                x0 = self.solver.predict_x0(i, self._denoise(x, t, cond), x)
+                x0 = self.solver.predict_x0(i, self._denoise(x, t, cond, repeats), x)
                 if not torch.jit.is_scripting():
                     if bar is not None:
                         bar.update(1)
