@@ -12,6 +12,7 @@ from monai.utils import StrEnum, optional_import
 from torch import nn
 
 from ...utils.enums import look_up_named_option
+from ...utils.precision import time_autocast
 from ..schedulers.sampler import DiffusionSampler
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
@@ -34,10 +35,12 @@ class ConditioningMode(StrEnum):
 
 
 class AutocastDtype(StrEnum):
-    """Reduced precisions the network may run in under ``torch.autocast``."""
+    """Reduced precisions the network may run in under ``torch.autocast``; ``AUTO`` (inference only): bfloat16
+    when a timed probe call shows it is faster on the device at hand, else float32."""
 
     BFLOAT16 = "bfloat16"
     FLOAT16 = "float16"
+    AUTO = "auto"
 
 
 AUTOCAST_DTYPES = {AutocastDtype.BFLOAT16.value: torch.bfloat16, AutocastDtype.FLOAT16.value: torch.float16}
@@ -134,8 +137,11 @@ class DiffusionSegmenter(nn.Module):
         out_channels: number of mask channels; None takes ``network.out_channels``.
         mode: "crossattn" or "concat", see ``network``.
         autocast_dtype: None (float32), "bfloat16" or "float16": run the network under ``torch.autocast`` on the
-            input's device with this dtype; the sampler arithmetic stays float32. Eager mode only (ignored when
-            scripted).
+            input's device with this dtype; the sampler arithmetic stays float32. "auto": at the first network call
+            on a device, time one call on one row in float32 and in bfloat16
+            (:func:`~medsegdiff_monai.utils.time_autocast`) and use bfloat16 from then on if it is at least
+            ``AUTO_MIN_SPEEDUP`` (1.1) times faster, else float32; the choice and the times are in
+            ``autocast_choices``. Eager mode only (ignored when scripted).
         progress: show a tqdm progress bar over the steps (eager mode only).
         share_context: with a network that has ``supports_context_repeats = True`` (MedSegDiffUNet) in mode
             "crossattn", pass each image once with ``context_repeats=num_ensemble`` instead of repeating it per
@@ -193,6 +199,7 @@ class DiffusionSegmenter(nn.Module):
         self.num_inference_steps = solver.num_inference_steps
         self.sampler = solver.sampler
         self.progress = bool(progress)
+        self.autocast_choices: dict[str, dict[str, Any]] = {}  # device -> {"dtype": ..., "times": ...} ("auto")
         self.share_context = (
             bool(share_context)
             and self.mode == "crossattn"
@@ -212,10 +219,26 @@ class DiffusionSegmenter(nn.Module):
     def _denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, repeats: int = 1) -> torch.Tensor:
         """One network call, returning the ``out_channels`` mean-prediction channels in float32."""
         if not torch.jit.is_scripting():
-            if self.autocast_dtype is not None:
-                with torch.autocast(device_type=x.device.type, dtype=AUTOCAST_DTYPES[self.autocast_dtype]):
+            dtype = self._autocast_for(x, t, cond, repeats)
+            if dtype is not None:
+                with torch.autocast(device_type=x.device.type, dtype=AUTOCAST_DTYPES[dtype]):
                     return self._call_network(x, t, cond, repeats).float()
         return self._call_network(x, t, cond, repeats).float()
+
+    @torch.jit.unused
+    def _autocast_for(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, repeats: int) -> str | None:
+        """The autocast dtype of the network calls on ``x``'s device; for "auto", measured once per device."""
+        if self.autocast_dtype != AutocastDtype.AUTO:
+            return self.autocast_dtype
+        key = str(x.device)
+        if key not in self.autocast_choices:
+            # probe: one row (one image, one member) with fixed noise, so the global random state is untouched
+            g = torch.Generator(device=x.device).manual_seed(0)
+            probe_x = torch.randn((1,) + tuple(x.shape[1:]), generator=g, device=x.device, dtype=x.dtype)
+            probe_t, probe_c = t[:1], cond[:1]
+            dtype, times = time_autocast(lambda: self._call_network(probe_x, probe_t, probe_c, 1), x.device)
+            self.autocast_choices[key] = {"dtype": dtype, "times": times}
+        return self.autocast_choices[key]["dtype"]  # type: ignore[no-any-return]
 
     def _call_network(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, repeats: int = 1) -> torch.Tensor:
         if self.mode == "concat":
