@@ -138,7 +138,8 @@ class Commands:
             sampler: ddpm, ddim or dpmpp_2m (default: the bundle's).
             num_inference_steps: denoising steps (default: the bundle's).
             num_ensemble: ensemble members per slice (default: the bundle's).
-            amp_dtype: bfloat16 or float16 to run the network under autocast (default: the bundle's, float32).
+            amp_dtype: float32, bfloat16 or float16 (the network under autocast), or auto: bfloat16 when a timed
+                probe call shows it is faster on this machine (default: the bundle's, auto).
         """
         import torch
         from monai.bundle import ConfigWorkflow
@@ -148,6 +149,7 @@ class Commands:
 
         overrides = {"sampler": sampler, "num_inference_steps": num_inference_steps, "num_ensemble": num_ensemble,
                      "amp_dtype": amp_dtype}
+        explicit = {"amp_dtype": None} if amp_dtype is not None and str(amp_dtype).lower() == "float32" else {}
         bundle = _bundle_dir(bundle_dir)
         ckpt = os.path.abspath(ckpt_path) if ckpt_path else os.path.join(bundle, "models", "model.pt")
         if not os.path.isfile(ckpt):
@@ -177,6 +179,7 @@ class Commands:
             ckpt_path=ckpt,
             **({"device": torch.device(device)} if device else {}),
             **{k: v for k, v in overrides.items() if v is not None},
+            **explicit,  # float32: no autocast
         )
         workflow.initialize()
         workflow.run()

@@ -4,6 +4,7 @@ from .checkpoint_loader import CheckedCheckpointLoader
 from .checkpoint_saver import AtomicCheckpointSaver, ResumableCheckpointSaver
 from .metrics import PhysicalHausdorffDistance, RegionMetricsSaver
 from .nan_guard import NaNLossGuard, NonFiniteLossError
+from .progress import ProgressLogger
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -11,6 +12,7 @@ __all__ = [
     "NaNLossGuard",
     "NonFiniteLossError",
     "PhysicalHausdorffDistance",
+    "ProgressLogger",
     "RegionMetricsSaver",
     "ResumableCheckpointSaver",
 ]

@@ -43,6 +43,11 @@ class AutocastDiffusionInferer(DiffusionInferer):
         super().__init__(scheduler)
         if autocast_dtype is not None:
             autocast_dtype = look_up_named_option("autocast_dtype", autocast_dtype, AutocastDtype)
+            if autocast_dtype == AutocastDtype.AUTO:  # training numerics must not depend on a timing
+                raise ValueError(
+                    "`autocast_dtype`='auto' is for inference only; for training choose None (float32), 'bfloat16' "
+                    "or 'float16'."
+                )
         self.autocast_dtype = autocast_dtype
 
     def __call__(  # type: ignore[override]

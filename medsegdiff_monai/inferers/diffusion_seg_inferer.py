@@ -139,7 +139,9 @@ class DiffusionSegInferer(Inferer):
         slice_axis: None, or the spatial axis (0, 1, 2) of 3D inputs to slice for a 2D network.
         sw_batch_size: number of slices per network call in slice mode, >= 1.
         autocast_dtype: None (float32), "bfloat16" or "float16": run the network under ``torch.autocast`` on the
-            input's device (bfloat16 pays on CPUs with AMX/AVX-512-bf16 and on GPUs; see ``benchmarks/``).
+            input's device (bfloat16 pays on CPUs with AMX and on GPUs, and is slower on CPUs without native
+            bfloat16 matrix instructions; see ``benchmarks/``); "auto": bfloat16 if one timed probe call on the
+            device shows it is faster, else float32 (see ``DiffusionSegmenter``).
         progress: show a tqdm progress bar over the denoising steps.
 
     Raises:

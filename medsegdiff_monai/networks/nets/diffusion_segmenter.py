@@ -12,6 +12,7 @@ from monai.utils import StrEnum, optional_import
 from torch import nn
 
 from ...utils.enums import look_up_named_option
+from ...utils.precision import time_autocast
 from ..schedulers.sampler import DiffusionSampler
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
@@ -34,10 +35,12 @@ class ConditioningMode(StrEnum):
 
 
 class AutocastDtype(StrEnum):
-    """Reduced precisions the network may run in under ``torch.autocast``."""
+    """Reduced precisions the network may run in under ``torch.autocast``; ``AUTO`` (inference only): bfloat16
+    when a timed probe call shows it is faster on the device at hand, else float32."""
 
     BFLOAT16 = "bfloat16"
     FLOAT16 = "float16"
+    AUTO = "auto"
 
 
 AUTOCAST_DTYPES = {AutocastDtype.BFLOAT16.value: torch.bfloat16, AutocastDtype.FLOAT16.value: torch.float16}
@@ -134,9 +137,16 @@ class DiffusionSegmenter(nn.Module):
         out_channels: number of mask channels; None takes ``network.out_channels``.
         mode: "crossattn" or "concat", see ``network``.
         autocast_dtype: None (float32), "bfloat16" or "float16": run the network under ``torch.autocast`` on the
-            input's device with this dtype; the sampler arithmetic stays float32. Eager mode only (ignored when
-            scripted).
+            input's device with this dtype; the sampler arithmetic stays float32. "auto": at the first network call
+            on a device, time one call on one row in float32 and in bfloat16
+            (:func:`~medsegdiff_monai.utils.time_autocast`) and use bfloat16 from then on if it is at least
+            ``AUTO_MIN_SPEEDUP`` (1.1) times faster, else float32; the choice and the times are in
+            ``autocast_choices``. Eager mode only (ignored when scripted).
         progress: show a tqdm progress bar over the steps (eager mode only).
+        share_context: with a network that has ``supports_context_repeats = True`` (MedSegDiffUNet) in mode
+            "crossattn", pass each image once with ``context_repeats=num_ensemble`` instead of repeating it per
+            member, so the network computes its member-independent image features once per image and step (same
+            result). Eager mode only (a scripted module repeats the image).
 
     Shapes:
         ``forward``: image ``(B, C_in, *spatial)`` -> probabilities ``(B, out_channels, *spatial)``, float32 in [0, 1].
@@ -164,6 +174,7 @@ class DiffusionSegmenter(nn.Module):
         mode: str = "crossattn",
         autocast_dtype: str | None = None,
         progress: bool = False,
+        share_context: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(network, nn.Module):
@@ -188,27 +199,52 @@ class DiffusionSegmenter(nn.Module):
         self.num_inference_steps = solver.num_inference_steps
         self.sampler = solver.sampler
         self.progress = bool(progress)
+        self.autocast_choices: dict[str, dict[str, Any]] = {}  # device -> {"dtype": ..., "times": ...} ("auto")
+        self.share_context = (
+            bool(share_context)
+            and self.mode == "crossattn"
+            and bool(getattr(network, "supports_context_repeats", False))
+        )
 
         # the state dict is the network's: strip / add the "network." prefix
         self.register_state_dict_post_hook(_strip_network_prefix)
         self.register_load_state_dict_pre_hook(_add_network_prefix)
 
     def extra_repr(self) -> str:
-        return f"num_ensemble={self.num_ensemble}, mode={self.mode!r}, autocast_dtype={self.autocast_dtype!r}"
+        return (
+            f"num_ensemble={self.num_ensemble}, mode={self.mode!r}, autocast_dtype={self.autocast_dtype!r}, "
+            f"share_context={self.share_context}"
+        )
 
-    def _denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def _denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, repeats: int = 1) -> torch.Tensor:
         """One network call, returning the ``out_channels`` mean-prediction channels in float32."""
         if not torch.jit.is_scripting():
-            if self.autocast_dtype is not None:
-                with torch.autocast(device_type=x.device.type, dtype=AUTOCAST_DTYPES[self.autocast_dtype]):
-                    return self._call_network(x, t, cond).float()
-        return self._call_network(x, t, cond).float()
+            dtype = self._autocast_for(x, t, cond, repeats)
+            if dtype is not None:
+                with torch.autocast(device_type=x.device.type, dtype=AUTOCAST_DTYPES[dtype]):
+                    return self._call_network(x, t, cond, repeats).float()
+        return self._call_network(x, t, cond, repeats).float()
 
-    def _call_network(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    @torch.jit.unused
+    def _autocast_for(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, repeats: int) -> str | None:
+        """The autocast dtype of the network calls on ``x``'s device; for "auto", measured once per device."""
+        if self.autocast_dtype != AutocastDtype.AUTO:
+            return self.autocast_dtype
+        key = str(x.device)
+        if key not in self.autocast_choices:
+            # probe: one row (one image, one member) with fixed noise, so the global random state is untouched
+            g = torch.Generator(device=x.device).manual_seed(0)
+            probe_x = torch.randn((1,) + tuple(x.shape[1:]), generator=g, device=x.device, dtype=x.dtype)
+            probe_t, probe_c = t[:1], cond[:1]
+            dtype, times = time_autocast(lambda: self._call_network(probe_x, probe_t, probe_c, 1), x.device)
+            self.autocast_choices[key] = {"dtype": dtype, "times": times}
+        return self.autocast_choices[key]["dtype"]  # type: ignore[no-any-return]
+
+    def _call_network(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, repeats: int = 1) -> torch.Tensor:
         if self.mode == "concat":
             out = self.network(torch.cat([x, cond.to(x.dtype)], dim=1), timesteps=t)
         else:
-            out = self.network(x, timesteps=t, context=cond)
+            out = self._call_crossattn(x, t, cond, repeats)
         c = self.out_channels
         if out.shape[1] == 2 * c:  # learned-variance models: keep the mean prediction
             out = out[:, :c]
@@ -217,6 +253,12 @@ class DiffusionSegmenter(nn.Module):
                 "The network returned " + str(out.shape[1]) + " channels, expected out_channels=" + str(c) + "."
             )
         return out
+
+    def _call_crossattn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, repeats: int) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            if repeats > 1:  # each image once, shared by its `repeats` member rows (eager only)
+                return self.network(x, timesteps=t, context=cond, context_repeats=repeats)
+        return self.network(x, timesteps=t, context=cond)
 
     def sample(
         self,
@@ -241,7 +283,12 @@ class DiffusionSegmenter(nn.Module):
             b = image.shape[0]
             n = self.num_ensemble
             spatial: List[int] = [int(d) for d in image.shape[2:]]
-            cond = image if n == 1 else image.repeat_interleave(n, dim=0)  # member m of image i at row i * n + m
+            repeats = 1
+            if not torch.jit.is_scripting():
+                if self.share_context:
+                    repeats = n
+            # member m of image i at row i * n + m
+            cond = image if n == 1 or repeats > 1 else image.repeat_interleave(n, dim=0)
             if not cond.is_floating_point():
                 cond = cond.float()
             shape = [b * n, self.out_channels] + spatial
@@ -255,7 +302,7 @@ class DiffusionSegmenter(nn.Module):
             last = self.num_inference_steps - 1
             for i in range(self.num_inference_steps):
                 t = self.solver.timesteps[i].expand(b * n)
-                x0 = self.solver.predict_x0(i, self._denoise(x, t, cond), x)
+                x0 = self.solver.predict_x0(i, self._denoise(x, t, cond, repeats), x)
                 if not torch.jit.is_scripting():
                     if bar is not None:
                         bar.update(1)

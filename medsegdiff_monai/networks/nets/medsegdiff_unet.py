@@ -155,6 +155,7 @@ class _DualEncoderLevel(nn.Module):
         self.mask_stage = _EncoderStage(*args, norm_num_groups, norm_eps, dropout)
         self.ff_parser: FFParser | None = None
         self.fusion: AttentiveFusion | None = None
+        self.fuses = bool(fuse)
         if fuse:
             if ff_parser_map_size is not None:
                 self.ff_parser = FFParser(spatial_dims, out_channels, ff_parser_map_size)
@@ -163,9 +164,23 @@ class _DualEncoderLevel(nn.Module):
         self.mask_downsample = DiffusionUnetDownsample(spatial_dims, out_channels, use_conv=True)
 
     def forward(
-        self, h_image: torch.Tensor, h_mask: torch.Tensor, emb: torch.Tensor
+        self,
+        h_image: torch.Tensor,
+        h_mask: torch.Tensor,
+        emb: torch.Tensor,
+        emb_image: torch.Tensor,
+        repeats: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        h_image, out_image = self.image_stage(h_image, emb)
+        """
+        Args:
+            h_image: image features, ``(B // repeats, C, *spatial)``.
+            h_mask: mask features, ``(B, C, *spatial)``.
+            emb: time embedding of the mask rows, ``(B, temb)``.
+            emb_image: time embedding of the image rows, ``(B // repeats, temb)``.
+            repeats: number of consecutive mask rows sharing one image row (1 at a fusion level: the fusion makes
+                the image features depend on the mask).
+        """
+        h_image, out_image = self.image_stage(h_image, emb_image)
         h_mask, out_mask = self.mask_stage(h_mask, emb)
         fusion = self.fusion
         if fusion is not None:
@@ -177,11 +192,33 @@ class _DualEncoderLevel(nn.Module):
             out_image[-1] = h_image
         skips: list[torch.Tensor] = []
         for a, b in zip(out_image, out_mask):
-            skips.append(a + b)
+            skips.append(_add_shared(a, b, repeats))
         h_image = self.image_downsample(h_image)
         h_mask = self.mask_downsample(h_mask)
-        skips.append(h_image + h_mask)
+        skips.append(_add_shared(h_image, h_mask, repeats))
         return h_image, h_mask, skips
+
+
+def _repeat_rows(h: torch.Tensor, repeats: int) -> torch.Tensor:
+    """``h.repeat_interleave(repeats, 0)`` in ``h``'s memory format (``repeat_interleave`` returns a contiguous
+    tensor; a channels-first copy of channels-last features would make the next GroupNorm round differently)."""
+    out = h.repeat_interleave(repeats, dim=0)
+    if h.dim() == 4 and h.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+    elif h.dim() == 5 and h.is_contiguous(memory_format=torch.channels_last_3d):
+        out = out.contiguous(memory_format=torch.channels_last_3d)
+    return out
+
+
+def _add_shared(image: torch.Tensor, mask: torch.Tensor, repeats: int) -> torch.Tensor:
+    """``image + mask`` where image row ``i`` stands for mask rows ``i * repeats .. i * repeats + repeats - 1``.
+
+    A broadcast add, so the result equals ``image.repeat_interleave(repeats, 0) + mask`` element for element
+    without materialising the repeated image features.
+    """
+    if repeats == 1:
+        return image + mask
+    return (mask.unflatten(0, (image.shape[0], repeats)) + image.unsqueeze(1)).flatten(0, 1)
 
 
 class _MidBlock(nn.Module):
@@ -559,6 +596,9 @@ class MedSegDiffUNet(nn.Module):
                 if isinstance(m, (nn.modules.conv._ConvNd)):
                     m.to(memory_format=fmt)
 
+    # forward takes ``context_repeats`` (DiffusionSegmenter passes each image once for all ensemble members)
+    supports_context_repeats = True
+
     @classmethod
     def from_preset(
         cls, name: str, spatial_dims: int = 2, in_channels: int = 4, out_channels: int = 1, **overrides: Any
@@ -590,7 +630,11 @@ class MedSegDiffUNet(nn.Module):
         return cls(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels, **config)
 
     def forward(
-        self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        context: torch.Tensor | None = None,
+        context_repeats: int = 1,
     ) -> torch.Tensor:
         """
         Args:
@@ -600,11 +644,23 @@ class MedSegDiffUNet(nn.Module):
             timesteps: diffusion timesteps, shape ``(B,)``, ``(1,)`` or ``()``, integer or float; a single value is
                 used for the whole batch.
             context: image (condition) ``(B, in_channels, *spatial)`` with the batch and spatial size of ``x``
-                (DiffusionInferer mode "crossattn").
+                (DiffusionInferer mode "crossattn"); with ``context_repeats = r > 1``, ``(B // r, in_channels,
+                *spatial)``.
+            context_repeats: number ``r`` of consecutive rows of ``x`` that share one image of ``context`` (ensemble
+                members: member ``m`` of image ``i`` at row ``i * r + m``) and that must share one timestep too. The
+                image branch up to the first dynamic-conditioning level (the input convolution and the image
+                encoder levels before it) depends only on the image and the timestep, so it then runs once per
+                image instead of once per row; the result is that of ``context.repeat_interleave(r, 0)`` with
+                ``r = 1``. Only with ``context`` given.
 
         Returns:
             predicted noise ``(B, out_channels, *spatial)``.
         """
+        repeats = int(context_repeats)
+        if repeats < 1:
+            raise ValueError(f"MedSegDiffUNet: context_repeats must be >= 1, got {context_repeats}.")
+        if repeats > 1 and context is None:
+            raise ValueError("MedSegDiffUNet: context_repeats > 1 needs the image as `context` (mode 'crossattn').")
         if x.dim() != self.spatial_dims + 2:
             raise ValueError(
                 f"MedSegDiffUNet: x must have {self.spatial_dims + 2} dimensions (B, C, *spatial), got shape "
@@ -630,10 +686,10 @@ class MedSegDiffUNet(nn.Module):
                     f"MedSegDiffUNet: context (image) must have shape (B, in_channels={self.in_channels}, *spatial), "
                     f"got {list(context.shape)}."
                 )
-            if context.shape[0] != x.shape[0] or context.shape[2:] != x.shape[2:]:
+            if context.shape[0] * repeats != x.shape[0] or context.shape[2:] != x.shape[2:]:
                 raise ValueError(
                     f"MedSegDiffUNet: context (image) shape {list(context.shape)} does not match x shape "
-                    f"{list(x.shape)} in batch or spatial size."
+                    f"{list(x.shape)} in batch (times context_repeats={repeats}) or spatial size."
                 )
             image = context
         spatial = x.shape[2:]
@@ -658,14 +714,22 @@ class MedSegDiffUNet(nn.Module):
         # time embedding (float32 sinusoids, cast to the input dtype as MONAI's DiffusionModelUNet does)
         emb = self.time_embed(get_timestep_embedding(t, self.channels[0]).to(dtype=x.dtype))
 
+        # The image rows of one shared image have one timestep: their embedding is that of its first mask row.
+        emb_image = emb if repeats == 1 else emb[::repeats]
+
         h_image = self.conv_in_image(image)
         h_mask = self.conv_in_mask(x)
-        skips: list[torch.Tensor] = [h_image + h_mask]
+        skips: list[torch.Tensor] = [_add_shared(h_image, h_mask, repeats)]
         for level in self.encoder:
-            h_image, h_mask, level_skips = level(h_image, h_mask, emb)
+            if repeats > 1 and level.fuses:
+                # the fusion makes the image features depend on the mask: one image row per mask row from here on
+                h_image = _repeat_rows(h_image, repeats)
+                emb_image = emb
+                repeats = 1
+            h_image, h_mask, level_skips = level(h_image, h_mask, emb, emb_image, repeats)
             skips.extend(level_skips)
         # eq. 2: E^I + E^x through the last encoder stage
-        h, last_skips = self.last_stage(h_image + h_mask, emb)
+        h, last_skips = self.last_stage(_add_shared(h_image, h_mask, repeats), emb)
         skips.extend(last_skips)
         h = self.middle_block(h, emb)
         for level in self.decoder:
