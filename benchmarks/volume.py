@@ -34,10 +34,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import re
 import shlex
 import sys
@@ -51,8 +49,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
-import monai
 import nibabel as nib
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
@@ -62,6 +60,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from medsegdiff_monai.data import find_cases, make_demo_data
 from medsegdiff_monai.networks.nets import MedSegDiffUNet
+import speed_harness  # benchmarks/speed_harness.py
 
 BUNDLE = REPO / "bundle"
 BRATS_SHAPE = (240, 240, 155)
@@ -76,28 +75,8 @@ DEFAULT_SETTINGS = ("fp32-cl", "bf16-cl", "bf16")
 
 # ------------------------------------------------------------------------------------------------- machine
 def machine_info(threads: int) -> dict[str, Any]:
-    """Date, CPU model and its bfloat16-relevant flags, versions, threads, load average, niceness."""
-    cpu, flags = platform.processor() or platform.machine(), set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-        cpu = m.group(1).strip() if m else cpu
-        m = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
-        flags = set(m.group(1).split()) if m else set()
-    except OSError:
-        pass
-    return {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "cpu_model": cpu,
-        "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
-        "logical_cpus": os.cpu_count(),
-        "threads": threads,
-        "nice": os.nice(0),
-        "load_average_before": [round(v, 2) for v in os.getloadavg()],
-        "torch": torch.__version__,
-        "monai": monai.__version__,
-        "python": platform.python_version(),
-    }
+    """The speed benchmark's machine record (date, CPU model and bfloat16 flags, versions, load), plus niceness."""
+    return {**speed_harness.machine_info(threads), "nice": os.nice(0)}
 
 
 # ------------------------------------------------------------------------------------------------- the case

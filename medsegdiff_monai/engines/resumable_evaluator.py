@@ -15,7 +15,7 @@ from monai.engines import SupervisedEvaluator
 from monai.transforms import EnsureChannelFirst, LoadImage
 
 from ..transforms.dictionary import LabelToRegionsd
-from ..utils.bundle import case_id_from_path
+from ..data.case_ids import case_id_from_path
 
 __all__ = ["ResumableEvaluator"]
 
