@@ -1,6 +1,7 @@
 # Copyright (c) medsegdiff-monai contributors
 # Licensed under the Apache License, Version 2.0
-"""BraTS / MSD Task01 data: layouts and case discovery, case ids, splits, datalists, checks and the demo data set."""
+"""BraTS / MSD Task01 and 2D image-folder data: layouts and case discovery, case ids, splits, datalists, checks and
+the demo data sets."""
 
 from __future__ import annotations
 
@@ -28,13 +29,31 @@ from .conventions import (
 )
 from .datalist import build_datalist, load_datalist, write_datalist
 from .demo import DEMO_LAYOUTS, make_demo_case, make_demo_data
-from .image_writer import AtomicNibabelWriter
+from .demo_image2d import make_demo_image, make_demo_images
+from .image2d_layout import (
+    IMAGE2D_LAYOUT,
+    MASK_SUFFIXES,
+    image2d_cases,
+    image2d_datalist_info,
+    is_image_source,
+    is_pairs_csv,
+    read_pairs_csv,
+)
+from .image_files import (
+    IMAGE_SUFFIXES,
+    ConvertImageMode,
+    image_pair_problems,
+    inspect_image,
+    is_image_name,
+)
+from .image_writer import AtomicNibabelWriter, AtomicPILWriter
 from .layout_base import Layout, LayoutCases
 from .layouts import (
     LAYOUT_REGISTRY,
     LAYOUTS,
     DiscoveredCases,
     available_layouts,
+    data_source,
     detect_layout,
     discover_cases,
     find_cases,
@@ -48,10 +67,11 @@ from .nifti import (
     read_nifti,
 )
 from .problems import apply_error_policy, problem_summary
-from .splits import split_cases
+from .splits import keep_given_split, split_cases
 
 __all__ = [
     "AtomicNibabelWriter",
+    "AtomicPILWriter",
     "DataError",
     "LABEL_CONVENTIONS",
     "MODALITIES",
@@ -72,12 +92,14 @@ __all__ = [
     "DiscoveredCases",
     "register_layout",
     "available_layouts",
+    "data_source",
     "detect_layout",
     "discover_cases",
     "find_cases",
     "apply_error_policy",
     "problem_summary",
     "split_cases",
+    "keep_given_split",
     "brats_file_name",
     "case_id_from_path",
     "case_name_formatter",
@@ -88,6 +110,20 @@ __all__ = [
     "load_datalist",
     "make_demo_case",
     "make_demo_data",
+    "make_demo_image",
+    "make_demo_images",
+    "IMAGE2D_LAYOUT",
+    "MASK_SUFFIXES",
+    "image2d_cases",
+    "image2d_datalist_info",
+    "is_image_source",
+    "is_pairs_csv",
+    "read_pairs_csv",
+    "IMAGE_SUFFIXES",
+    "ConvertImageMode",
+    "image_pair_problems",
+    "inspect_image",
+    "is_image_name",
     "NiftiInfo",
     "case_file_problems",
     "inspect_nifti",

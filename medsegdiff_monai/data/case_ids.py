@@ -4,7 +4,8 @@
 
 BraTS names every file of a case ``<case>/<case>_<modality>.nii.gz`` (``<modality>`` one of t1, t1ce, t2, flair
 and seg; BraTS 2023 spells them t1n, t1c, t2w, t2f); the Medical Segmentation Decathlon names a case's 4D image
-``imagesTr/<case>.nii.gz``. Datalists, predictions and overlays all take a case's id from these rules.
+``imagesTr/<case>.nii.gz``; a 2D image-folder data set (ISIC, REFUGE-2, DDTI) names a case by its image's file stem
+(``images/ISIC_0000000.jpg``). Datalists, predictions and overlays all take a case's id from these rules.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .conventions import MODALITIES
+from .image_files import is_image_name
 from .nifti import NIFTI_SUFFIXES
 
 __all__ = [
@@ -46,16 +48,20 @@ def strip_nifti_suffix(name: str | os.PathLike) -> str:
 
 
 def case_id_from_path(path: str | os.PathLike | Sequence[str | os.PathLike]) -> str:
-    """The case id of an image file: its name without ``.nii``/``.nii.gz`` and without a modality suffix.
+    """The case id of an image file: its name without ``.nii``/``.nii.gz`` and without a modality suffix, or for a
+    2D image (:data:`~medsegdiff_monai.data.image_files.IMAGE_SUFFIXES`) its file stem.
 
     ``.../BraTS2021_00000_t1.nii.gz`` -> ``BraTS2021_00000``, ``.../imagesTr/BRATS_001.nii.gz`` -> ``BRATS_001``,
-    ``.../BraTS-GLI-00000-000_t2f.nii.gz`` -> ``BraTS-GLI-00000-000``.
+    ``.../BraTS-GLI-00000-000_t2f.nii.gz`` -> ``BraTS-GLI-00000-000``, ``.../images/ISIC_0000000.jpg`` ->
+    ``ISIC_0000000``.
 
     Args:
         path: an image path, or a list of a case's modality files (the first one is used).
     """
     if isinstance(path, (list, tuple)):
         path = path[0]
+    if is_image_name(path):  # type: ignore[arg-type]
+        return os.path.splitext(os.path.basename(os.fspath(path)))[0]  # type: ignore[arg-type]
     return _MODALITY_SUFFIX.sub("", strip_nifti_suffix(path))  # type: ignore[arg-type]
 
 
@@ -86,7 +92,8 @@ def parse_brats_file_name(name: str | os.PathLike) -> tuple[str, str] | None:
 
 def case_name_formatter(metadict: dict, saver: Any) -> dict:
     """``output_name_formatter`` for MONAI's ``SaveImaged``: name outputs by case id, not by the first modality's
-    file (``BraTS2021_00000_pred.nii.gz`` rather than ``BraTS2021_00000_t1_pred.nii.gz``).
+    file (``BraTS2021_00000_pred.nii.gz`` rather than ``BraTS2021_00000_t1_pred.nii.gz``; for a 2D image
+    ``ISIC_0000000_seg.png``, where MONAI would keep the ``.jpg`` of ``ISIC_0000000.jpg`` in the name).
 
     Args:
         metadict: the image's metadata (``filename_or_obj``).

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from .conventions import DataError, allowed_label_values, parse_modality_order
+from .image_files import image_pair_problems, is_image_name
 from .layouts import discover_cases
 from .nifti import case_file_problems, read_nifti
 
@@ -38,7 +39,9 @@ def check_case(item: dict[str, Any], read_data: bool = True) -> list[str]:
 
     Headers are always checked (see :func:`~medsegdiff_monai.data.nifti.case_file_problems`). With
     ``read_data`` every file is read in full: images must be finite and not all zero, segmentations must only hold
-    the values of the item's ``label_convention``.
+    the values of the item's ``label_convention``. A 2D image (PNG, JPEG, ...) is checked by its format's rules
+    instead (:func:`~medsegdiff_monai.data.image_files.image_pair_problems`: readable, the mask of the image's
+    size, with ``read_data`` decoded and one channel).
 
     Args:
         item: ``{"image", "label" (optional), "label_convention", "modality_order", ...}`` with usable paths.
@@ -47,6 +50,8 @@ def check_case(item: dict[str, Any], read_data: bool = True) -> list[str]:
     Returns:
         the problems, each naming a file; empty when the case is fine.
     """
+    if isinstance(item["image"], (str, os.PathLike)) and is_image_name(item["image"]):
+        return image_pair_problems(item, read_data=read_data)
     order = item.get("modality_order")
     num_channels = len(parse_modality_order(order)) if order else None
     problems = case_file_problems(item["image"], item.get("label"), num_channels=num_channels)
@@ -97,18 +102,20 @@ def check_dataset(
         progress: called as ``progress(case_id, problems)`` after each case.
 
     Returns:
-        ``(layout, report)`` where ``report`` maps every case id to its problems (an empty list when fine).
+        ``(layout, report)`` where ``report`` maps every case id to its problems (an empty list when fine); a
+        problem filed under an id that is no case (e.g. a 2D mask without an image, under its stem) is reported
+        too.
 
     Raises:
         DataError: when the folder is missing or holds no recognisable case.
     """
     layout, cases, problems, _, _ = discover_cases(data_dir, layout, label_convention)
+    by_id = {c["case_id"]: c for c in cases}
     report: dict[str, list[str]] = {}
-    for item in sorted(cases, key=lambda c: c["case_id"]):
-        cid = item["case_id"]
+    for cid in sorted(set(by_id) | {k for k, v in problems.items() if v}):
         probs = list(problems.get(cid, []))
         if not probs:
-            probs = check_case(item, read_data=read_data)
+            probs = check_case(by_id[cid], read_data=read_data)
         report[cid] = probs
         if progress is not None:
             progress(cid, probs)

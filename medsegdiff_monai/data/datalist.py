@@ -1,6 +1,7 @@
 # Copyright (c) medsegdiff-monai contributors
 # Licensed under the Apache License, Version 2.0
-"""Datalists: build, write and load the MONAI datalist JSON of a BraTS 2020/2021 or MSD Task01_BrainTumour folder.
+"""Datalists: build, write and load the MONAI datalist JSON of a BraTS 2020/2021, MSD Task01_BrainTumour or 2D
+image data set.
 
 Finding the cases is :mod:`~medsegdiff_monai.data.layouts`' job, splitting them :mod:`~medsegdiff_monai.data.splits`'.
 
@@ -25,11 +26,16 @@ For MSD, ``"image"`` is the single 4D file and ``"modality_order"`` is ``"flair,
 order), so :class:`~medsegdiff_monai.transforms.ReorderModalitiesd` brings the channels to t1, t1ce, t2, flair;
 ``"label_convention": "msd"`` tells :class:`~medsegdiff_monai.transforms.LabelToRegionsd` that 1 is edema,
 2 non-enhancing and 3 enhancing tumour. The per-item keys let one pipeline read mixed datalists; the top-level
-keys describe the whole file.
+keys describe the whole file. A 2D image data set (:mod:`~medsegdiff_monai.data.image2d_layout`) writes items
+``{"case_id", "image", "label"}`` with one image file each, and its layout's
+:attr:`~medsegdiff_monai.data.layout_base.Layout.datalist_info` keys (``source``, ``channels``: rgb, grey or mixed)
+instead of the BraTS label and channel keys.
 
 Paths are written relative to the folder of the JSON file (``base_dir``), which is what
 ``load_decathlon_datalist(path)`` assumes when its ``base_dir`` is None; pass ``absolute_paths=True`` to write
-absolute paths instead. The split is by case (one case per patient in BraTS and MSD), never by slice.
+absolute paths instead. The split is by case (one case per patient in BraTS and MSD), never by slice; a split the
+data set gives (2D train/val/test folders or a CSV's ``split`` column) is kept
+(:func:`~medsegdiff_monai.data.splits.keep_given_split`).
 """
 
 from __future__ import annotations
@@ -48,10 +54,16 @@ from .conventions import (
     format_modality_order,
     item_value,
 )
-from .layout_base import data_folder
-from .layouts import LAYOUTS, detect_layout, discover_cases, find_cases
+from .layouts import (
+    LAYOUT_REGISTRY,
+    LAYOUTS,
+    data_source,
+    detect_layout,
+    discover_cases,
+    find_cases,
+)
 from .problems import apply_error_policy
-from .splits import check_fractions, split_cases
+from .splits import check_fractions, keep_given_split, split_cases
 
 __all__ = [
     "build_datalist",
@@ -88,6 +100,17 @@ def _with_paths(item: dict[str, Any], base_dir: Path | None) -> dict[str, Any]:
     return {k: out[k] for k in _ITEM_KEYS if k in out}
 
 
+def _volume_info(convention: str, order: tuple[str, ...]) -> dict[str, Any]:
+    """The datalist keys describing BraTS/MSD volumes: the label values, regions and channel orders."""
+    conv = LABEL_CONVENTIONS[convention]
+    return {
+        "labels": {str(k): v for k, v in conv["labels"].items()},
+        "regions": {k: list(v) for k, v in conv["regions"].items()},
+        "modality_order": format_modality_order(order),
+        "channels": format_modality_order(MODALITIES),
+    }
+
+
 def build_datalist(
     data_dir: str | os.PathLike,
     val_fraction: float = 0.2,
@@ -98,12 +121,13 @@ def build_datalist(
     label_convention: str | None = None,
     on_error: str = OnError.RAISE,
 ) -> dict[str, Any]:
-    """Build a MONAI datalist (the JSON content) for a BraTS or MSD folder.
+    """Build a MONAI datalist (the JSON content) for a BraTS, MSD or 2D image data set.
 
     Args:
-        data_dir: the data folder.
+        data_dir: the data folder (or a 2D data set's CSV file of pairs).
         val_fraction: fraction of labeled cases for ``"validation"``.
-        test_fraction: fraction of labeled cases for ``"test"`` (they keep their ``"label"``, for evaluation).
+        test_fraction: fraction of labeled cases for ``"test"`` (they keep their ``"label"``, for evaluation); not
+            used when the data set gives its split.
         seed: the split seed (see :func:`split_cases`).
         layout: one of :data:`LAYOUTS` (see :func:`~medsegdiff_monai.data.layouts.find_cases`).
         base_dir: write paths relative to this folder (normally the folder of the JSON file); None writes
@@ -119,26 +143,29 @@ def build_datalist(
     cases = apply_error_policy(cases, problems, on_error)
     if not cases:
         raise DataError(f"{data_dir}: no usable case left.")
-    split = split_cases(cases, val_fraction, test_fraction, seed)
+    if any("split" in c for c in cases):
+        split = keep_given_split(cases, val_fraction, seed)
+        split_info = {"by": "given by the data set", "seed": int(seed), "val_fraction": float(val_fraction)}
+    else:
+        split = split_cases(cases, val_fraction, test_fraction, seed)
+        split_info = {"by": "case (patient)", "seed": int(seed), "val_fraction": float(val_fraction),
+                      "test_fraction": float(test_fraction)}
     base = Path(base_dir).resolve() if base_dir is not None else None
-    conv = LABEL_CONVENTIONS[convention]
+    root = data_source(data_dir)
+    describe = LAYOUT_REGISTRY[layout_found].datalist_info
     from .. import __version__
 
     datalist: dict[str, Any] = {
         "name": f"medsegdiff-monai datalist ({layout_found})",
         "description": "BraTS brain tumour segmentation cases; keys follow monai.data.load_decathlon_datalist.",
         "generated_by": f"medsegdiff_monai {__version__}",
-        "data_dir": _rel(str(data_folder(data_dir)), base),
+        "data_dir": _rel(str(root), base),
         "base_dir": "relative paths are relative to the folder of this file "
         "(monai.data.load_decathlon_datalist's default base_dir)",
         "layout": layout_found,
         "label_convention": convention,
-        "labels": {str(k): v for k, v in conv["labels"].items()},
-        "regions": {k: list(v) for k, v in conv["regions"].items()},
-        "modality_order": format_modality_order(order),
-        "channels": format_modality_order(MODALITIES),
-        "split": {"by": "case (patient)", "seed": int(seed), "val_fraction": float(val_fraction),
-                  "test_fraction": float(test_fraction)},
+        **(_volume_info(convention, order) if describe is None else describe(root, cases)),
+        "split": split_info,
         "numTraining": len(split["training"]),
         "numValidation": len(split["validation"]),
         "numTest": len(split["test"]),
@@ -173,11 +200,11 @@ def write_datalist(
 ) -> dict[str, Any]:
     """Build the datalist of a folder (:func:`build_datalist`) and write it as JSON (4-space indent).
 
-    Paths are relative to the JSON file's folder unless ``absolute_paths``. The data folder's own files are never
-    written: the output may not be one of the case files or the MSD ``dataset.json``.
+    Paths are relative to the JSON file's folder unless ``absolute_paths``. The data set's own files are never
+    written: the output may not be one of the case files, the MSD ``dataset.json`` or the 2D CSV of pairs.
 
     Args:
-        data_dir: the data folder.
+        data_dir: the data folder (or a 2D data set's CSV file of pairs).
         output_json: where to write the datalist.
         val_fraction: see :func:`build_datalist`.
         test_fraction: see :func:`build_datalist`.
@@ -196,7 +223,9 @@ def write_datalist(
         DataError: on data problems, or when ``output_json`` is an input file.
     """
     out = Path(output_json).expanduser().resolve()
-    root = data_folder(data_dir)
+    root = data_source(data_dir)
+    if out == root:
+        raise DataError(f"{out}: is the data set's CSV of pairs; write the datalist elsewhere.")
     if out.is_dir():
         raise DataError(f"{out}: is a folder; give the path of the JSON file to write.")
     if out == root / "dataset.json":

@@ -25,11 +25,13 @@ import torch.nn.functional as F
 from ..utils.enums import DataLayout, look_up_named_option
 from .case_ids import brats_file_name
 from .conventions import MODALITIES, MSD_MODALITY_ORDER, DataError
+from .demo_image2d import make_demo_images
 
 __all__ = ["make_demo_data", "make_demo_case", "DEMO_LAYOUTS"]
 
 #: layouts :func:`make_demo_data` can write
-DEMO_LAYOUTS: tuple[str, ...] = (str(DataLayout.BRATS2021), str(DataLayout.BRATS2020), str(DataLayout.MSD))
+DEMO_LAYOUTS: tuple[str, ...] = (str(DataLayout.BRATS2021), str(DataLayout.BRATS2020), str(DataLayout.MSD),
+                                 str(DataLayout.IMAGE2D))
 
 # tissue classes
 _BG, _CSF, _GM, _WM, _NEC, _ENH, _EDEMA = range(7)
@@ -175,7 +177,9 @@ def make_demo_data(
     0/1/2/4, a 1 mm BraTS-like affine. ``"brats2020"`` names cases ``BraTS20_Training_001`` (and unlabeled ones
     ``BraTS20_Validation_NNN``); ``"msd"`` writes the Task01_BrainTumour layout (``dataset.json``,
     ``imagesTr/BRATS_001.nii.gz`` 4D float32 in the order FLAIR, T1w, t1gd, T2w, ``labelsTr`` with MSD labels
-    1 edema, 2 non-enhancing, 3 enhancing, and ``imagesTs`` for unlabeled cases).
+    1 edema, 2 non-enhancing, 3 enhancing, and ``imagesTs`` for unlabeled cases). ``"image2d"`` writes the 2D
+    dermoscopy-like images and masks of :func:`~medsegdiff_monai.data.demo_image2d.make_demo_images` instead
+    (``images/``, ``masks/``; sizes up to ``shape[:2]``; ``num_unlabeled`` and ``num_healthy`` must be 0).
 
     Args:
         output_dir: the folder to write (created if needed).
@@ -188,13 +192,18 @@ def make_demo_data(
         num_healthy: the first ``num_healthy`` cases have no tumour.
 
     Returns:
-        the paths of the case folders (BraTS) or image files (MSD) written.
+        the paths of the case folders (BraTS) or image files (MSD, image2d) written.
 
     Raises:
         FileExistsError: when a case exists and ``overwrite`` is False (nothing is written then).
         ValueError: on bad arguments.
     """
     layout = look_up_named_option("layout", layout, DEMO_LAYOUTS)
+    if layout == DataLayout.IMAGE2D:
+        if num_unlabeled or num_healthy:
+            raise ValueError("make_demo_data: the image2d layout writes labeled lesion images only; num_unlabeled "
+                             "and num_healthy must be 0.")
+        return make_demo_images(output_dir, num_cases, seed, tuple(shape)[:2], overwrite)
     num_cases, num_unlabeled, num_healthy = int(num_cases), int(num_unlabeled), int(num_healthy)
     if num_cases < 1:
         raise ValueError(f"num_cases must be at least 1, got {num_cases}.")

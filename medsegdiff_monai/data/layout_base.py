@@ -26,8 +26,11 @@ class LayoutCases(NamedTuple):
     Attributes:
         cases: items ``{"case_id", "image", "label" (labeled cases), "label_convention", "modality_order"}`` with
             absolute paths, in the order found.
-        problems: case id -> the problems of that case's names and files (only cases with problems).
-        label_convention: the label convention of the whole folder (a key of ``LABEL_CONVENTIONS``).
+        problems: case id -> the problems of that case's names and files (only cases with problems). A problem
+            may be filed under an id that is no case, e.g. the stem of a mask without an image.
+        label_convention: the label convention of the whole folder (a key of ``LABEL_CONVENTIONS``, or the
+            layout's own name when the labels are mapped elsewhere: ``"image2d"`` masks by the bundle's
+            ``mask_classes``).
         modality_order: the order of the image channels as stored, e.g. ``("flair", "t1", "t1ce", "t2")``.
     """
 
@@ -51,6 +54,11 @@ class Layout:
         priority: layouts are tried by :func:`~medsegdiff_monai.data.detect_layout` in increasing priority (a
             catch-all layout such as the generic ``"brats"`` comes last).
         description: how the layout looks, for the "no cases found" message (None: covered by another layout's).
+        accepts_file: the data source may be a file rather than a folder (the 2D layout's CSV of pairs); only
+            such layouts are asked to ``detect`` or ``discover`` a file.
+        datalist_info: ``datalist_info(root, cases) -> dict``, the top-level keys describing the data in the
+            datalist :func:`~medsegdiff_monai.data.build_datalist` writes (None: the BraTS keys ``labels``,
+            ``regions``, ``modality_order`` and ``channels`` of the label convention and modality order).
     """
 
     name: str
@@ -58,18 +66,20 @@ class Layout:
     discover: Callable[[Path, str | None], LayoutCases]
     priority: int = 50
     description: str | None = None
+    accepts_file: bool = False
+    datalist_info: Callable[[Path, list[dict[str, Any]]], dict[str, Any]] | None = None
 
 
-def data_folder(data_dir: str | os.PathLike) -> Path:
-    """The absolute path of an existing data folder.
+def data_folder(data_dir: str | os.PathLike, allow_file: bool = False) -> Path:
+    """The absolute path of an existing data folder (or, with ``allow_file``, data file such as a CSV of pairs).
 
     Raises:
-        DataError: when ``data_dir`` does not exist or is a file.
+        DataError: when ``data_dir`` does not exist, or is a file and not ``allow_file``.
     """
     root = Path(data_dir).expanduser()
     if not root.exists():
         raise DataError(f"{root}: data folder not found.")
-    if not root.is_dir():
+    if not allow_file and not root.is_dir():
         raise DataError(f"{root}: is a file, expected a data folder.")
     return root.resolve()
 

@@ -5,7 +5,8 @@
 The layouts are kept in a registry (:data:`LAYOUT_REGISTRY`): :func:`detect_layout` tries them in order of
 priority, :func:`discover_cases` and :func:`find_cases` read a folder with the one chosen. The built-in layouts
 are BraTS 2021, BraTS 2020 and generic BraTS folders (:mod:`~medsegdiff_monai.data.brats_layout`) and MSD
-Task01_BrainTumour (:mod:`~medsegdiff_monai.data.msd_layout`). To add one, describe it as a
+Task01_BrainTumour (:mod:`~medsegdiff_monai.data.msd_layout`) and 2D image folders or CSV files of image/mask
+pairs (:mod:`~medsegdiff_monai.data.image2d_layout`). To add one, describe it as a
 :class:`~medsegdiff_monai.data.layout_base.Layout` in its own module and add it to ``_BUILT_IN`` below (or call
 :func:`register_layout` at run time).
 """
@@ -20,6 +21,7 @@ from ..utils.enums import DataLayout, OnError, look_up_named_option
 from .brats_layout import BRATS_LAYOUTS
 from .case_ids import parse_brats_file_name
 from .conventions import LABEL_CONVENTIONS, DataError
+from .image2d_layout import IMAGE2D_LAYOUT
 from .layout_base import Layout, data_folder, is_visible, nifti_files
 from .msd_layout import MSD_LAYOUT
 from .problems import apply_error_policy
@@ -30,6 +32,7 @@ __all__ = [
     "DiscoveredCases",
     "register_layout",
     "available_layouts",
+    "data_source",
     "detect_layout",
     "discover_cases",
     "find_cases",
@@ -56,7 +59,7 @@ def register_layout(layout: Layout, overwrite: bool = False) -> Layout:
     return layout
 
 
-_BUILT_IN: tuple[Layout, ...] = (MSD_LAYOUT, *BRATS_LAYOUTS)
+_BUILT_IN: tuple[Layout, ...] = (MSD_LAYOUT, *BRATS_LAYOUTS, IMAGE2D_LAYOUT)
 for _layout in _BUILT_IN:
     register_layout(_layout)
 
@@ -88,6 +91,8 @@ def no_cases_message(root: Path) -> str:
     expected = " or ".join(lay.description for lay in sorted(LAYOUT_REGISTRY.values(), key=lambda lay: lay.name)
                            if lay.description)
     msg = f"{root}: no cases found. Expected {expected}."
+    if not root.is_dir():
+        return msg
     names = [parse_brats_file_name(f.name) for f in nifti_files(root)]
     if any(parsed and parsed[0] == root.name for parsed in names):
         msg += " This looks like a single case folder: pass the folder that contains the case folders."
@@ -98,24 +103,43 @@ def no_cases_message(root: Path) -> str:
     return msg
 
 
+def data_source(data_dir: str | os.PathLike) -> Path:
+    """The absolute path of an existing data folder, or of a data file that a registered layout reads (such as
+    the 2D layout's CSV of pairs, :attr:`~medsegdiff_monai.data.layout_base.Layout.accepts_file`).
+
+    Raises:
+        DataError: when ``data_dir`` does not exist, or is a file that no layout reads.
+    """
+    root = data_folder(data_dir, allow_file=True)
+    if root.is_dir():
+        return root
+    file_layouts = [lay for lay in LAYOUT_REGISTRY.values() if lay.accepts_file]
+    if not any(lay.detect(root) for lay in file_layouts):
+        readable = " or ".join(lay.description for lay in file_layouts if lay.description)
+        raise DataError(f"{root}: is a file, expected a data folder" + (f" or {readable}." if readable else "."))
+    return root
+
+
 def detect_layout(data_dir: str | os.PathLike) -> str:
     """Tell which layout a data folder has: the first registered layout, by priority, that recognises it.
 
     Args:
-        data_dir: the folder holding the case folders (BraTS) or ``dataset.json``/``imagesTr`` (MSD).
+        data_dir: the folder holding the case folders (BraTS), ``dataset.json``/``imagesTr`` (MSD) or image and
+            mask folders (2D), or a CSV file of image/mask pairs.
 
     Returns:
         ``"msd"`` for a Task01_BrainTumour folder; ``"brats2021"`` when every case folder is named
-        ``BraTS2021_NNNNN``; ``"brats2020"`` when every one is ``BraTS20_{Training,Validation}_NNN``; else
-        ``"brats"`` (any folder-per-case layout with ``<case>_<modality>.nii[.gz]`` files); or a layout
-        registered with :func:`register_layout`.
+        ``BraTS2021_NNNNN``; ``"brats2020"`` when every one is ``BraTS20_{Training,Validation}_NNN``;
+        ``"image2d"`` for 2D image and mask folders or a CSV of pairs; else ``"brats"`` (any folder-per-case
+        layout with ``<case>_<modality>.nii[.gz]`` files); or a layout registered with :func:`register_layout`.
 
     Raises:
         DataError: when the folder does not exist or holds no recognisable case.
     """
-    root = data_folder(data_dir)
+    root = data_source(data_dir)
     for name in available_layouts()[1:]:
-        if LAYOUT_REGISTRY[name].detect(root):
+        lay = LAYOUT_REGISTRY[name]
+        if (root.is_dir() or lay.accepts_file) and lay.detect(root):
             return name
     raise DataError(no_cases_message(root))
 
@@ -126,7 +150,7 @@ def discover_cases(
     """Every case of a data folder and the problems of its names and files, before any error policy.
 
     Args:
-        data_dir: the data folder.
+        data_dir: the data folder (or data file, see :func:`data_source`).
         layout: one of :func:`available_layouts`; ``"auto"`` calls :func:`detect_layout`.
         label_convention: a key of ``LABEL_CONVENTIONS`` overriding the layout's, or None.
 
@@ -141,9 +165,11 @@ def discover_cases(
     layout = look_up_named_option("layout", layout, available_layouts())
     if label_convention is not None:
         label_convention = look_up_named_option("label_convention", label_convention, LABEL_CONVENTIONS)
-    root = data_folder(data_dir)
+    root = data_source(data_dir)
     if layout == DataLayout.AUTO:
         layout = detect_layout(root)
+    elif root.is_file() and not LAYOUT_REGISTRY[layout].accepts_file:
+        raise DataError(f"{root}: is a file, expected a data folder (the {layout} layout reads folders).")
     cases, problems, convention, order = LAYOUT_REGISTRY[layout].discover(root, label_convention)
     if not cases:
         raise DataError(no_cases_message(root))

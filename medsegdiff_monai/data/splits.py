@@ -13,7 +13,7 @@ from monai.data import partition_dataset
 
 from .conventions import DataError
 
-__all__ = ["check_fraction", "check_fractions", "split_cases"]
+__all__ = ["check_fraction", "check_fractions", "keep_given_split", "split_cases"]
 
 
 def check_fraction(name: str, value: float) -> float:
@@ -88,3 +88,29 @@ def split_cases(
         test, val, train = partition_dataset(order, ratios=[n_test, n_val, n - n_test - n_val], shuffle=False)
     return {"training": sorted(train, key=key), "validation": sorted(val, key=key),
             "test": sorted(test, key=key) + unlabeled}
+
+
+def keep_given_split(
+    cases: Sequence[dict[str, Any]], val_fraction: float = 0.2, seed: int = 0
+) -> dict[str, list[dict[str, Any]]]:
+    """Keep the split a data set gives (each case's ``"split"``: ``"training"``, ``"validation"`` or ``"test"``).
+
+    Cases without a ``"split"`` count as training cases. When no case is given for validation,
+    ``round(n * val_fraction)`` of the labeled training cases are drawn for it with :func:`split_cases` (seeded);
+    test cases stay test cases, labeled or not, and no training case is moved to test except unlabeled ones.
+
+    Args:
+        cases: items with a unique ``"case_id"`` and an optional ``"split"``.
+        val_fraction: fraction of labeled training cases drawn for validation when none is given, in [0, 1).
+        seed: the shuffle seed.
+
+    Returns:
+        ``{"training": [...], "validation": [...], "test": [...]}``, each sorted by case id.
+    """
+    key = itemgetter("case_id")
+    given = {name: [c for c in cases if c.get("split") == name] for name in ("validation", "test")}
+    train = [c for c in cases if c.get("split", "training") == "training"]
+    split = split_cases(train, 0.0 if given["validation"] else val_fraction, 0.0, seed)
+    return {"training": split["training"],
+            "validation": sorted(split["validation"] + given["validation"], key=key),
+            "test": sorted(split["test"] + given["test"], key=key)}

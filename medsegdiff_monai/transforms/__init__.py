@@ -1,6 +1,7 @@
 # Copyright (c) medsegdiff-monai contributors
 # Licensed under the Apache License, Version 2.0
-"""BraTS / MSD data transforms: file checks, modality order, label regions, slice sampling, PNG overlays, pipelines."""
+"""BraTS / MSD and 2D image data transforms: file checks, modality order, label regions, mask channels, slice
+sampling, PNG overlays, pipelines."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ from .dictionary import (
     SliceFgBgToIndicesDict,
     SliceFgBgToIndicesd,
     case_name,
+)
+from .image2d import (
+    ChannelsToMaskD,
+    ChannelsToMaskd,
+    ChannelsToMaskDict,
+    CheckImagePairD,
+    CheckImagePaird,
+    CheckImagePairDict,
+    MaskToChannelsD,
+    MaskToChannelsd,
+    MaskToChannelsDict,
+    mask_channel_count,
 )
 from .overlay import SaveOverlayD, SaveOverlayDict, SaveOverlayd, overlay_file_stem, select_slices
 from .pipelines import get_eval_transforms, get_inference_transforms, get_train_transforms
@@ -53,6 +66,16 @@ __all__ = [
     "SliceFgBgToIndicesd",
     "SliceFgBgToIndicesD",
     "SliceFgBgToIndicesDict",
+    "CheckImagePaird",
+    "CheckImagePairD",
+    "CheckImagePairDict",
+    "MaskToChannelsd",
+    "MaskToChannelsD",
+    "MaskToChannelsDict",
+    "ChannelsToMaskd",
+    "ChannelsToMaskD",
+    "ChannelsToMaskDict",
+    "mask_channel_count",
     "SaveOverlayd",
     "SaveOverlayD",
     "SaveOverlayDict",

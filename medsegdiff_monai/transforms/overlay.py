@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -68,8 +68,9 @@ class SaveOverlayd(MapTransform):
 
     One row per slice, columns (a column is left out when its data is absent):
 
-    1. the image channel ``image_channel`` (default FLAIR, channel 3 of t1, t1ce, t2, flair) in grey, titled with
-       the slice index (0-based, along ``slice_axis``);
+    1. the image channel ``image_channel`` (default FLAIR, channel 3 of t1, t1ce, t2, flair) in grey (or, with
+       ``image_channel=None``, a 3-channel image such as a photograph in colour), titled with the slice index
+       (0-based, along ``slice_axis``);
     2. the image with the ground truth filled and outlined in green (if ``label_key`` is in the data);
     3. the image with the prediction (``pred >= threshold``) in red, the ground-truth outline in green and the Dice
        of that slice in the title (if there is a label; "Dice -" when both are empty);
@@ -102,7 +103,9 @@ class SaveOverlayd(MapTransform):
             missing key draws no uncertainty column.
         output_dir: folder of the PNG files.
         num_slices: rows (slices) per picture.
-        image_channel: the image channel drawn (3 = FLAIR in this package's t1, t1ce, t2, flair order).
+        image_channel: the image channel drawn (3 = FLAIR in this package's t1, t1ce, t2, flair order); None draws
+            a 3-channel image as RGB (one intensity window for the three) and any other image's channel 0.
+        channel_names: the names of the pred/label channels in titles (None: WT, or WT, TC, ET, by their number).
         channel: the region channel of pred/label/uncertainty drawn (0 = WT).
         threshold: prediction values ``>= threshold`` are inside the region.
         slice_axis: the spatial axis slices are taken along (0, 1, 2 or negative; -1 = the last, axial for BraTS).
@@ -121,9 +124,10 @@ class SaveOverlayd(MapTransform):
 
     def __init__(self, image_key: str = "image", pred_key: str = "pred", label_key: str | None = "label",
                  uncertainty_key: str | None = None, output_dir: str | os.PathLike = "./overlays",
-                 num_slices: int = 3, image_channel: int = 3, channel: int = 0, threshold: float = 0.5,
+                 num_slices: int = 3, image_channel: int | None = 3, channel: int = 0, threshold: float = 0.5,
                  slice_axis: int = -1, case_key: str | None = "case_id", output_postfix: str = "overlay",
-                 dpi: int = 100, panel_size: float = 2.5, alpha: float = 0.4, radiological: bool = True) -> None:
+                 dpi: int = 100, panel_size: float = 2.5, alpha: float = 0.4, radiological: bool = True,
+                 channel_names: Sequence[str] | None = None) -> None:
         super().__init__(keys=[image_key, pred_key], allow_missing_keys=False)
         if int(num_slices) < 1:
             raise ValueError(f"SaveOverlayd: num_slices must be at least 1, got {num_slices}.")
@@ -136,7 +140,8 @@ class SaveOverlayd(MapTransform):
         self.uncertainty_key = uncertainty_key
         self.output_dir = os.fspath(output_dir)
         self.num_slices = int(num_slices)
-        self.image_channel = int(image_channel)
+        self.image_channel = None if image_channel is None else int(image_channel)
+        self.channel_names = None if channel_names is None else [str(n) for n in channel_names]
         self.channel = int(channel)
         self.threshold = float(threshold)
         self.slice_axis = int(slice_axis)
@@ -233,7 +238,11 @@ class SaveOverlayd(MapTransform):
         def slices_last(arr: np.ndarray) -> np.ndarray:
             return np.moveaxis(arr, axis, -1)
 
-        img = slices_last(self._channel(image, self.image_key, "image", self.image_channel))
+        rgb = self.image_channel is None and image.shape[0] == 3
+        image_channel = 0 if self.image_channel is None else self.image_channel
+        planes = [slices_last(self._channel(image, self.image_key, "image", c))
+                  for c in ((0, 1, 2) if rgb else (image_channel,))]
+        img = np.max(np.abs(planes), axis=0) if rgb else planes[0]  # where the image holds data, for the slices
         prd = slices_last(self._channel(pred, self.pred_key, "pred", self.channel)) >= self.threshold
         gt = None if label is None else slices_last(self._channel(label, self.label_key, "label", self.channel)) > 0.5
         unc_map = None if unc is None else slices_last(
@@ -242,13 +251,15 @@ class SaveOverlayd(MapTransform):
 
         n_regions = pred.shape[0]
         regions = REGION_SETS["wt_tc_et"] if n_regions == 3 else REGION_SETS["wt"] if n_regions == 1 else ()
+        regions = self.channel_names if self.channel_names is not None else regions
         region = regions[self.channel].upper() if -len(regions) <= self.channel < len(regions) \
             else f"channel {self.channel}"
-        modality = MODALITIES[self.image_channel].upper() if image.shape[0] == len(MODALITIES) \
-            else f"image channel {self.image_channel % image.shape[0]}"
+        modality = "RGB image" if rgb else MODALITIES[image_channel].upper() if image.shape[0] == len(MODALITIES) \
+            else f"image channel {image_channel % image.shape[0]}"
         case, path = self.case_file(data)
         os.makedirs(self.output_dir, exist_ok=True)
-        render_overlay(path, intensity_window(img), prd, zs, label=gt, uncertainty=unc_map,
+        grey = intensity_window(np.stack(planes) if rgb else img)  # (3, H, W, D), one window for all, or (H, W, D)
+        render_overlay(path, grey, prd, zs, label=gt, uncertainty=unc_map,
                        plan=display_plan(self._affine(data), in_plane, self.radiological), title=case, region=region,
                        modality=modality, threshold=self.threshold, reason=reason, dpi=self.dpi,
                        panel_size=self.panel_size, alpha=self.alpha)

@@ -20,6 +20,8 @@ class DataLayout(StrEnum):
     - ``BRATS2020``: case folders ``BraTS20_Training_NNN`` / ``BraTS20_Validation_NNN``.
     - ``BRATS``: any folder-per-case layout named ``<case>/<case>_<modality>.nii.gz``.
     - ``MSD``: the Medical Segmentation Decathlon Task01_BrainTumour folder (4D images, ``dataset.json``).
+    - ``IMAGE2D``: 2D images (PNG, JPEG, BMP, TIFF) and mask images in two folders, or a CSV of pairs (ISIC,
+      REFUGE-2, DDTI style; :mod:`~medsegdiff_monai.data.image2d_layout`).
     """
 
     AUTO = "auto"
@@ -27,6 +29,7 @@ class DataLayout(StrEnum):
     BRATS2020 = "brats2020"
     BRATS = "brats"
     MSD = "msd"
+    IMAGE2D = "image2d"
 
 
 class OnError(StrEnum):

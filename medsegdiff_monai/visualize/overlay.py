@@ -1,6 +1,7 @@
 # Copyright (c) medsegdiff-monai contributors
 # Licensed under the Apache License, Version 2.0
-"""PNG overlays of a prediction on an MRI: which slices to show, how to orient them, and the figure itself.
+"""PNG overlays of a prediction on an MRI (or a 2D photograph): which slices to show, how to orient them, and the
+figure itself.
 
 Pure functions on numpy arrays (volumes with the slices along the last axis), used by
 :class:`~medsegdiff_monai.transforms.SaveOverlayd`. Drawing needs matplotlib (``pip install matplotlib``, part of
@@ -224,7 +225,8 @@ def render_overlay(
 
     Args:
         path: the PNG file (its folder must exist).
-        grey: (H, W, D) image in [0, 1] (:func:`intensity_window`), slices along the last axis.
+        grey: (H, W, D) image in [0, 1] (:func:`intensity_window`), slices along the last axis, drawn in grey; or
+            (3, H, W, D) an RGB image (e.g. a photograph), drawn in colour.
         pred: (H, W, D) binary prediction.
         slices: the slice indices drawn (rows), e.g. from :func:`choose_slices`.
         label: (H, W, D) binary ground truth, or None.
@@ -248,7 +250,8 @@ def render_overlay(
     columns += ["unc"] if uncertainty is not None else []
     nrows, ncols = len(slices), len(columns)
     # panels as wide and high as the displayed slice (its longer side panel_size), plus a line for the title
-    shown = orient_slice(grey[..., 0], plan).shape
+    rgb = grey.ndim == 4
+    shown = orient_slice((grey[0] if rgb else grey)[..., 0], plan).shape
     ratio = shown[0] * aspect / shown[1]  # displayed height / width
     width, height = (panel_size, panel_size * ratio) if ratio <= 1 else (panel_size / ratio, panel_size)
     fig = Figure(figsize=(ncols * width + (_COLOURBAR_WIDTH if uncertainty is not None else 0.0),
@@ -278,12 +281,13 @@ def render_overlay(
 
     for row, z in zip(axes, slices):
         g, p = grey[..., z], pred[..., z]
+        base = g if rgb else g[None]  # (3, H, W) or (1, H, W), as blend_images takes them
         for ax, col in zip(row, columns):
             if col == "image":
                 show(ax, g, f"{modality}, slice {z}", cmap="gray", vmin=0.0, vmax=1.0)
             elif col == "label":
                 m = label[..., z]
-                show(ax, blend_images(g[None], m[None].astype(np.float32), alpha=alpha, cmap="brg",
+                show(ax, blend_images(base, m[None].astype(np.float32), alpha=alpha, cmap="brg",
                                       rescale_arrays=False), f"ground truth ({region})")
                 outline(ax, m, _GT_COLOUR)
             elif col == "pred":
@@ -291,7 +295,7 @@ def render_overlay(
                 if label is not None:
                     dice = slice_dice(p, label[..., z])
                     text += f", Dice {dice:.2f}" if dice is not None else ", Dice - (both empty)"
-                show(ax, blend_images(g[None], p[None].astype(np.float32), alpha=alpha, cmap="hsv",
+                show(ax, blend_images(base, p[None].astype(np.float32), alpha=alpha, cmap="hsv",
                                       rescale_arrays=False), text)
                 if label is not None:
                     outline(ax, label[..., z], _GT_COLOUR)
