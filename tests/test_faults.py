@@ -118,7 +118,7 @@ def test_latest_checkpoint_skips_a_truncated_newest(tmp_path, caplog):
     older, newest = _checkpoints(tmp_path, (3, 4))
     assert latest_checkpoint(tmp_path) == str(newest)
     _truncate(newest)
-    with caplog.at_level(logging.WARNING, logger="medsegdiff_monai.utils.bundle"):
+    with caplog.at_level(logging.WARNING, logger="medsegdiff_monai.utils.checkpoint_lookup"):
         assert latest_checkpoint(tmp_path) == str(older)
     assert str(newest) in caplog.text and "truncated or corrupt" in caplog.text
 

@@ -1,6 +1,6 @@
 # Copyright (c) medsegdiff-monai contributors
 # Licensed under the Apache License, Version 2.0
-"""BraTS / MSD data transforms: file checks, modality order, label regions, slice sampling, PNG overlays, pipelines."""
+"""BraTS / MSD data transforms: file checks, modality order, label regions, slice sampling, PNG overlays, pipelines, post-processing."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from .dictionary import (
     case_name,
 )
 from .overlay import SaveOverlayD, SaveOverlayDict, SaveOverlayd, overlay_file_stem, select_slices
+from .post import SaveCased, SaveSegmentationd, ThresholdToMaskd
 from .pipelines import get_eval_transforms, get_inference_transforms, get_train_transforms
 
 __all__ = [
@@ -59,6 +60,9 @@ __all__ = [
     "select_slices",
     "overlay_file_stem",
     "case_name",
+    "SaveCased",
+    "SaveSegmentationd",
+    "ThresholdToMaskd",
     "get_eval_transforms",
     "get_inference_transforms",
     "get_train_transforms",
