@@ -400,7 +400,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         "network's forward calls; sampler: the rest of the inferer (noise, updates, slicing, fusion); "
         "post-processing: inverting the preprocessing and the label map; writing: `SaveImaged`. Network GFLOP/s: "
         "FLOPs of all network calls (`FlopCounterMode`) / network time; conv limit: the big 3x3 conv2d below, "
-        "same precision. Dice vs fp32: the written segmentation against the float32 (channels-last) one.",
+        "same precision. Dice vs fp32: the written segmentation against the float32 (channels-last) one; the network "
+        "is untrained, so this measures only what bfloat16 rounding changes in the masks (a trained tiny network: "
+        "`tests/test_precision.py`).",
         "",
         f"Loading the intact case alone (preprocessing): {report['load_intact_s']:.1f} s.",
         "",
