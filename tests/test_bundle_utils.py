@@ -33,6 +33,39 @@ def test_bundle_root_from_the_working_directory(config, tmp_path, monkeypatch):
     assert parser.get_parsed_content("ckpt_dir") == str(tmp_path / "elsewhere" / "models")
 
 
+@pytest.mark.parametrize("where", ["repository root", "bundle folder", "--bundle_root"])
+def test_training_workflow_prepares_data_under_its_bundle_root(where, tmp_path, monkeypatch):
+    """``monai.bundle run``'s workflow, from the repository root, inside the bundle, or with ``--bundle_root``:
+    ``initialize`` (not parsing) writes the datalist under the bundle root it resolved."""
+    import shutil
+
+    from monai.bundle import ConfigWorkflow
+    from monai.utils import set_determinism
+
+    bundle = tmp_path / "repo" / "bundle"
+    shutil.copytree(CONFIGS, bundle / "configs")
+    data = tmp_path / "cases"
+    make_demo_data(data, num_cases=3, shape=(16, 16, 8), seed=2)
+    cwd, root, config, overrides = {
+        "repository root": (tmp_path / "repo", bundle, "bundle/configs/train.json", {}),
+        "bundle folder": (bundle, bundle, "configs/train.json", {}),
+        "--bundle_root": (tmp_path, tmp_path / "other", str(bundle / "configs" / "train.json"),
+                          {"bundle_root": str(tmp_path / "other")}),
+    }[where]
+    monkeypatch.chdir(cwd)
+    workflow = ConfigWorkflow(config_file=config, workflow_type=None, logging_file=False, dataset_dir=str(data),
+                              **overrides)
+    assert workflow.parser.get_parsed_content("bundle_root") == str(root)
+    assert not (root / "data").exists()
+    try:
+        workflow.initialize()
+    finally:
+        set_determinism(None)
+    listing = json.loads((root / "data" / "datalist.json").read_text())
+    assert listing["numTraining"] + listing["numValidation"] + listing["numTest"] == 3
+    assert workflow.parser.get_parsed_content("ckpt_dir") == str(root / "models")
+
+
 def test_parsing_the_training_config_writes_nothing(tmp_path):
     """Data preparation is the ``initialize`` step ``prepare_data``: building the components writes no file."""
     parser = ConfigParser()

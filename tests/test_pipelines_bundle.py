@@ -78,3 +78,22 @@ def test_train_chain(cases, tmp_path, augment):
         assert len(a) == len(b) == parser["slices_per_volume"]
         for x, y in zip(a, b):
             _same(x, y)
+
+
+def test_throughput_benchmark_measures_the_bundle_chain(cases, tmp_path):
+    """``benchmarks/data_throughput.py`` times the bundle's ``train#preprocessing``, not a copy of it."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "data_throughput.py"
+    spec = importlib.util.spec_from_file_location("data_throughput", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    measured, parser = module.bundle_train_transforms(bundle_root=tmp_path, spatial_size=[24, 20])
+    assert parser["slices_per_volume"] == _parser(["train.json"], tmp_path)["slices_per_volume"]
+    bundle = _parser(["train.json"], tmp_path).get_parsed_content("train#preprocessing")
+    assert [type(t).__name__ for t in measured.transforms] == [type(t).__name__ for t in bundle.transforms]
+    measured.set_random_state(4)
+    bundle.set_random_state(4)
+    for x, y in zip(measured(dict(cases[0])), bundle(dict(cases[0]))):
+        _same(x, y)
+    assert list(tmp_path.iterdir()) == []
