@@ -185,8 +185,10 @@ def bundle_parser(configs: Sequence[str], overrides: dict[str, Any]) -> ConfigPa
     return parser
 
 
-def _common_overrides(root: Path, work: Path, size: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {**(extra or {}),
+def _common_overrides(
+    root: Path, work: Path, size: int, extra: dict[str, Any] | None = None, seed: int = 0
+) -> dict[str, Any]:
+    return {"seed": seed, **(extra or {}),
         "bundle_root": str(work),
         "dataset_dir": str(root),
         "data_list_file_path": str(root / "datalist.json"),
@@ -415,7 +417,7 @@ def run_bundle_recipe(
         size: in-plane training size.
         budget: training seconds.
         threads: torch threads of the subprocesses.
-        seed: unused by the bundle (its ``initialize`` fixes seed 0); recorded.
+        seed: the bundle's ``seed`` (``set_determinism`` in its ``initialize``: weights, noise, slice sampling).
         calibration_epochs: epochs of the run that measures the time per epoch (0: no calibration, the number of
             epochs is large and the budget stops the run; the learning-rate schedule then does not finish).
         timing_volumes: number of test volumes the sampler is timed on in this process (all volumes have the same
@@ -431,7 +433,7 @@ def run_bundle_recipe(
     if calibration_epochs > 0:
         calib = work / "calibration"
         calib.mkdir(parents=True)
-        cs = _train_bundle(configs, _common_overrides(root, calib, size, extra_overrides), calib, calibration_epochs,
+        cs = _train_bundle(configs, _common_overrides(root, calib, size, extra_overrides, seed), calib, calibration_epochs,
                            0.0, threads, seed)
         times = cs["epoch_seconds"][1:] or cs["epoch_seconds"] or [cs["train_seconds"]]  # the first epoch warms up
         per_epoch = statistics.fmean(times)
@@ -440,7 +442,7 @@ def run_bundle_recipe(
         per_epoch, epochs = float("nan"), 10_000
     run_dir = work / "run"
     run_dir.mkdir(parents=True)
-    common = _common_overrides(root, run_dir, size, extra_overrides)
+    common = _common_overrides(root, run_dir, size, extra_overrides, seed)
     stats = _train_bundle(configs, common, run_dir, epochs, budget, threads, seed)
     eval_cmd = _bundle_cmd("evaluating", [str(CONFIGS / c) for c in [*configs, "evaluate.json"]],
                            dict(common, eval_split="test"))
