@@ -33,7 +33,6 @@ import platform
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +46,8 @@ sys.path.insert(0, str(BENCH))
 import monai  # noqa: E402
 
 import medsegdiff_monai  # noqa: E402
-from quality import CpuShare, _summary, cpu_model, run_bundle_recipe  # noqa: E402
-from quality_data import DEFAULT_CACHE_DIR, prepare_mni_cases  # noqa: E402
+from quality import CpuShare, _summary, cpu_model, parse_sets, prepare_work, run_bundle_recipe  # noqa: E402
+from quality_data import DEFAULT_CACHE_DIR  # noqa: E402
 
 __all__ = ["VARIANTS", "summarize", "to_markdown", "main"]
 
@@ -122,7 +121,8 @@ def to_markdown(report: dict[str, Any]) -> str:
     shares = [r["other_processes_cpu_share"] for r in report["runs"] if math.isfinite(r.get("other_processes_cpu_share", math.nan))]
     lines += [
         "",
-        "The paper (Table II, BraTS and fundus/thyroid, MedSegDiff-S) reports each component adding Dice. "
+        "The paper's Table II reports each component adding Dice (brain tumour 88.2 vanilla, 89.8 with dynamic "
+        "conditioning, 90.5 with the FF-Parser too; optic cup 84.6/86.7/87.5; thyroid nodule 84.1/85.9/86.6). "
         "Training steps differ between variants because the fusion and the FF-Parser cost time: equal wall time, "
         "not equal steps, is the comparison a user faces.",
     ]
@@ -156,11 +156,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="medsegdiff-ablation-"))
+    work, _, datalist = prepare_work(args, "medsegdiff-ablation-")
     root = work / "data"
-    if root.exists():
-        shutil.rmtree(root)
-    datalist = prepare_mni_cases(root, cache_dir=args.cache_dir, block_size=args.block_size, gap=args.gap)
     report: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/ablation.py " + " ".join(sys.argv[1:]),
@@ -219,15 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="more bundle overrides for every variant (VALUE is JSON, else a string)")
     p.add_argument("--from_json", default=None, help="re-render the markdown and plot of a report")
     args = p.parse_args(argv)
-    args.overrides = {}
-    for item in args.sets:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            p.error(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            args.overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            args.overrides[key] = value
+    args.overrides = parse_sets(p, args.sets)
     report = json.loads(Path(args.from_json).read_text()) if args.from_json else run(args)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -83,7 +83,7 @@ from monai.transforms import Invertd  # noqa: E402
 import medsegdiff_monai  # noqa: E402
 from quality_data import DEFAULT_CACHE_DIR, prepare_mni_cases  # noqa: E402
 
-__all__ = ["score_volume", "train_baseline", "run_bundle_recipe", "main"]
+__all__ = ["score_volume", "train_baseline", "run_bundle_recipe", "parse_sets", "prepare_work", "main"]
 
 BASELINES = ("basicunet", "segresnet")
 #: recipe name -> bundle config files (relative to the bundle's configs folder)
@@ -488,14 +488,33 @@ def run_bundle_recipe(
     }
 
 
-# ------------------------------------------------------------------------------------------------------------- run
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="medsegdiff-quality-"))
+def parse_sets(p: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` options as bundle overrides: VALUE is JSON when it parses, else a string."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def prepare_work(args: argparse.Namespace, prefix: str) -> tuple[Path, Path, dict[str, Any]]:
+    """The work folder (``--work_dir`` or a new temporary one) and the grey-matter cases freshly written in it."""
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix=prefix))
     root = work / "data"
     if root.exists():
         shutil.rmtree(root)
-    datalist = prepare_mni_cases(root, cache_dir=args.cache_dir, block_size=args.block_size, gap=args.gap)
+    return work, root, prepare_mni_cases(root, cache_dir=args.cache_dir, block_size=args.block_size, gap=args.gap)
+
+
+# ------------------------------------------------------------------------------------------------------------- run
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    work, root, datalist = prepare_work(args, "medsegdiff-quality-")
     print(f"data: {len(datalist['blocks'])} blocks of {args.block_size} slices in {root} "
           f"({datalist['numTraining']} training, {datalist['numValidation']} validation, {datalist['numTest']} test)",
           flush=True)
@@ -733,15 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge_json", default=None,
                    help="add the rows of an earlier report (same data) for the methods not run now")
     args = p.parse_args(argv)
-    args.overrides = {}
-    for item in args.sets:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            p.error(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            args.overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            args.overrides[key] = value
+    args.overrides = parse_sets(p, args.sets)
     if args.short:  # a code check: every step of the benchmark, in about a minute and a half
         args.budget = args.budget or [8.0]
         args.calibration_epochs = 0
