@@ -46,7 +46,7 @@ sys.path.insert(0, str(BENCH))
 import monai  # noqa: E402
 
 import medsegdiff_monai  # noqa: E402
-from quality import CpuShare, _summary, cpu_model, parse_sets, prepare_work, run_bundle_recipe  # noqa: E402
+from quality import CpuShare, _fmt, _summary, cpu_model, parse_sets, prepare_work, run_bundle_recipe  # noqa: E402
 from quality_data import DEFAULT_CACHE_DIR  # noqa: E402
 
 __all__ = ["VARIANTS", "summarize", "to_markdown", "main"]
@@ -86,10 +86,6 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "failed": sum(1 for r in runs if r["variant"] == name and "error" in r),
         })
     return rows
-
-
-def _fmt(s: dict[str, Any], digits: int) -> str:
-    return "n/a" if not math.isfinite(s["mean"]) else f"{s['mean']:.{digits}f} ± {s['sd']:.{digits}f}"
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -156,8 +152,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    work, _, datalist = prepare_work(args, "medsegdiff-ablation-")
-    root = work / "data"
+    work, root, datalist = prepare_work(args, "medsegdiff-ablation-")
     report: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/ablation.py " + " ".join(sys.argv[1:]),
