@@ -1,6 +1,11 @@
 # Copyright (c) medsegdiff-monai contributors
 # Licensed under the Apache License, Version 2.0
-"""Throughput of the 2D training data pipeline (slices per second) on the synthetic demo data.
+"""Throughput of the bundle's 2D training data pipeline (slices per second) on the synthetic demo data.
+
+The chain measured is the bundle's own ``train#preprocessing``, parsed from ``bundle/configs/train.json`` (which
+instantiates :func:`medsegdiff_monai.transforms.get_train_transforms` with the bundle's ``spatial_size``,
+``slices_per_volume``, ``tumour_slice_weight``, ``regions`` and ``train#augmentation``); ``--spatial_size`` and
+``--slices_per_volume`` override the config's values as ``--spatial_size`` would on the bundle's command line.
 
 Compares ``monai.data.Dataset`` (no cache: every volume is read, cropped, normalised and resized each epoch),
 ``CacheDataset`` (the deterministic part kept in memory) and ``PersistentDataset`` (kept on disk; the first
@@ -24,10 +29,31 @@ from pathlib import Path
 
 import torch
 
+from monai.bundle import ConfigParser
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from monai.utils import set_determinism
 from medsegdiff_monai.data import find_cases, make_demo_data
-from medsegdiff_monai.transforms import get_train_transforms
+
+BUNDLE_TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "bundle" / "configs" / "train.json"
+
+
+def bundle_train_transforms(config_file: str | Path = BUNDLE_TRAIN_CONFIG, bundle_root: str | Path = ".",
+                            **overrides):
+    """The bundle's ``train#preprocessing`` and the parser it came from, with ``overrides`` of top-level keys.
+
+    Args:
+        config_file: the bundle's training config (or a list of configs, merged in order, as ``--config_file``).
+        bundle_root: the ``bundle_root`` to parse with (nothing is written there: the chain writes no file).
+        overrides: config ids and values, e.g. ``spatial_size=[64, 64]``; None values are ignored.
+
+    Returns:
+        ``(transform, parser)``: the ``Compose`` the bundle trains with, and its parser (for the values used).
+    """
+    parser = ConfigParser()
+    files = [config_file] if isinstance(config_file, (str, Path)) else list(config_file)
+    parser.read_config([str(f) for f in files])
+    parser.update({"bundle_root": str(bundle_root), **{k: v for k, v in overrides.items() if v is not None}})
+    return parser.get_parsed_content("train#preprocessing"), parser
 
 
 def _epochs(loader: DataLoader, epochs: int) -> tuple[int, float, list[float]]:
@@ -52,9 +78,12 @@ def run(args: argparse.Namespace) -> list[dict]:
             make_demo_data(data_dir, num_cases=args.num_cases, seed=0, shape=args.shape)
             print(f"generated {args.num_cases} demo cases of {tuple(args.shape)} in {time.perf_counter() - t0:.1f} s")
         cases = [c for c in find_cases(data_dir) if "label" in c][: args.num_cases]
-        xf = get_train_transforms(args.spatial_size, slices_per_volume=args.slices_per_volume)
+        xf, parser = bundle_train_transforms(
+            args.config_file, tmp, spatial_size=args.spatial_size, slices_per_volume=args.slices_per_volume)
+        args.spatial_size, args.slices_per_volume = list(parser["spatial_size"]), int(parser["slices_per_volume"])
         print(f"{len(cases)} volumes, {args.slices_per_volume} slices per volume, network size "
-              f"{tuple(args.spatial_size)}, batch {args.batch_size}, workers {args.num_workers}, "
+              f"{tuple(args.spatial_size)} ({Path(args.config_file).name} train#preprocessing: "
+              f"{len(xf.transforms)} transforms), batch {args.batch_size}, workers {args.num_workers}, "
               f"torch threads {torch.get_num_threads()}, {args.epochs} epoch(s)")
         results = []
 
@@ -97,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data_dir", default=None, help="a BraTS/MSD folder instead of generated demo data")
     p.add_argument("--num_cases", type=int, default=8)
     p.add_argument("--shape", type=int, nargs=3, default=[240, 240, 155], help="demo volume shape")
-    p.add_argument("--spatial_size", type=int, nargs=2, default=[128, 128], help="network input (H, W)")
-    p.add_argument("--slices_per_volume", type=int, default=8)
+    p.add_argument("--config_file", default=str(BUNDLE_TRAIN_CONFIG),
+                   help="the bundle training config whose train#preprocessing is measured")
+    p.add_argument("--spatial_size", type=int, nargs=2, default=None,
+                   help="network input (H, W); default: the config's spatial_size")
+    p.add_argument("--slices_per_volume", type=int, default=None, help="default: the config's slices_per_volume")
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--num_workers", type=int, default=0)

@@ -83,7 +83,7 @@ from monai.transforms import Invertd  # noqa: E402
 import medsegdiff_monai  # noqa: E402
 from quality_data import DEFAULT_CACHE_DIR, prepare_mni_cases  # noqa: E402
 
-__all__ = ["score_volume", "train_baseline", "run_bundle_recipe", "main"]
+__all__ = ["score_volume", "train_baseline", "run_bundle_recipe", "parse_sets", "prepare_work", "main"]
 
 BASELINES = ("basicunet", "segresnet")
 #: recipe name -> bundle config files (relative to the bundle's configs folder)
@@ -185,8 +185,10 @@ def bundle_parser(configs: Sequence[str], overrides: dict[str, Any]) -> ConfigPa
     return parser
 
 
-def _common_overrides(root: Path, work: Path, size: int, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {**(extra or {}),
+def _common_overrides(
+    root: Path, work: Path, size: int, extra: dict[str, Any] | None = None, seed: int = 0
+) -> dict[str, Any]:
+    return {"seed": seed, **(extra or {}),
         "bundle_root": str(work),
         "dataset_dir": str(root),
         "data_list_file_path": str(root / "datalist.json"),
@@ -415,7 +417,7 @@ def run_bundle_recipe(
         size: in-plane training size.
         budget: training seconds.
         threads: torch threads of the subprocesses.
-        seed: unused by the bundle (its ``initialize`` fixes seed 0); recorded.
+        seed: the bundle's ``seed`` (``set_determinism`` in its ``initialize``: weights, noise, slice sampling).
         calibration_epochs: epochs of the run that measures the time per epoch (0: no calibration, the number of
             epochs is large and the budget stops the run; the learning-rate schedule then does not finish).
         timing_volumes: number of test volumes the sampler is timed on in this process (all volumes have the same
@@ -431,7 +433,7 @@ def run_bundle_recipe(
     if calibration_epochs > 0:
         calib = work / "calibration"
         calib.mkdir(parents=True)
-        cs = _train_bundle(configs, _common_overrides(root, calib, size, extra_overrides), calib, calibration_epochs,
+        cs = _train_bundle(configs, _common_overrides(root, calib, size, extra_overrides, seed), calib, calibration_epochs,
                            0.0, threads, seed)
         times = cs["epoch_seconds"][1:] or cs["epoch_seconds"] or [cs["train_seconds"]]  # the first epoch warms up
         per_epoch = statistics.fmean(times)
@@ -440,7 +442,7 @@ def run_bundle_recipe(
         per_epoch, epochs = float("nan"), 10_000
     run_dir = work / "run"
     run_dir.mkdir(parents=True)
-    common = _common_overrides(root, run_dir, size, extra_overrides)
+    common = _common_overrides(root, run_dir, size, extra_overrides, seed)
     stats = _train_bundle(configs, common, run_dir, epochs, budget, threads, seed)
     eval_cmd = _bundle_cmd("evaluating", [str(CONFIGS / c) for c in [*configs, "evaluate.json"]],
                            dict(common, eval_split="test"))
@@ -486,14 +488,33 @@ def run_bundle_recipe(
     }
 
 
-# ------------------------------------------------------------------------------------------------------------- run
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="medsegdiff-quality-"))
+def parse_sets(p: argparse.ArgumentParser, items: Sequence[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` options as bundle overrides: VALUE is JSON when it parses, else a string."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def prepare_work(args: argparse.Namespace, prefix: str) -> tuple[Path, Path, dict[str, Any]]:
+    """The work folder (``--work_dir`` or a new temporary one) and the grey-matter cases freshly written in it."""
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix=prefix))
     root = work / "data"
     if root.exists():
         shutil.rmtree(root)
-    datalist = prepare_mni_cases(root, cache_dir=args.cache_dir, block_size=args.block_size, gap=args.gap)
+    return work, root, prepare_mni_cases(root, cache_dir=args.cache_dir, block_size=args.block_size, gap=args.gap)
+
+
+# ------------------------------------------------------------------------------------------------------------- run
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    work, root, datalist = prepare_work(args, "medsegdiff-quality-")
     print(f"data: {len(datalist['blocks'])} blocks of {args.block_size} slices in {root} "
           f"({datalist['numTraining']} training, {datalist['numValidation']} validation, {datalist['numTest']} test)",
           flush=True)
@@ -731,15 +752,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--merge_json", default=None,
                    help="add the rows of an earlier report (same data) for the methods not run now")
     args = p.parse_args(argv)
-    args.overrides = {}
-    for item in args.sets:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            p.error(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            args.overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            args.overrides[key] = value
+    args.overrides = parse_sets(p, args.sets)
     if args.short:  # a code check: every step of the benchmark, in about a minute and a half
         args.budget = args.budget or [8.0]
         args.calibration_epochs = 0

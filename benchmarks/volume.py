@@ -349,6 +349,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         "slices per network call, image features shared across members (`context_repeats`).",
         "",
     ]
+    if not report.get("complete", True):
+        lines += ["**Incomplete run**: not every requested setting was measured.", ""]
     if report["extrapolated"]:
         lines += [
             f"**Extrapolated**: only the central {report['slices_measured']} of the {report['brain_slices']} brain "
@@ -377,7 +379,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         "network's forward calls; sampler: the rest of the inferer (noise, updates, slicing, fusion); "
         "post-processing: inverting the preprocessing and the label map; writing: `SaveImaged`. Network GFLOP/s: "
         "FLOPs of all network calls (`FlopCounterMode`) / network time; conv limit: the big 3x3 conv2d below, "
-        "same precision. Dice vs fp32: the written segmentation against the float32 (channels-last) one.",
+        "same precision. Dice vs fp32: the written segmentation against the float32 (channels-last) one; the network "
+        "is untrained, so this measures only what bfloat16 rounding changes in the masks (a trained tiny network: "
+        "`tests/test_precision.py`).",
         "",
         f"Loading the intact case alone (preprocessing): {report['load_intact_s']:.1f} s.",
         "",
@@ -509,20 +513,23 @@ def main(argv: list[str] | None = None) -> int:
             r["seg_file"] = str(next(out_dir.glob("*_seg.nii.gz")))
             results[label] = r
             print(f"{label}: {r['total_s']:.1f} s measured, {r['per_case_s']:.1f} s per case", flush=True)
-        ref = next((r for k, r in results.items() if k.startswith("fp32")), None)
-        for r in results.values():
-            r["dice_vs_fp32"] = dice_files(Path(ref["seg_file"]), Path(r["seg_file"])) if ref else float("nan")
-        for r in results.values():
-            del r["seg_file"]
-        report["results"] = results
-        report["notes"] = notes(report)
-    out = Path(args.out_dir)
+            ref = next((r for k, r in results.items() if k.startswith("fp32")), None)
+            for r in results.values():
+                r["dice_vs_fp32"] = dice_files(Path(ref["seg_file"]), Path(r["seg_file"])) if ref else float("nan")
+            report["results"] = {k: {f: v for f, v in r.items() if f != "seg_file"} for k, r in results.items()}
+            report["notes"] = notes(report)
+            report["complete"] = len(results) == len(args.settings)
+            write_report(report, Path(args.out_dir), args.short)  # after every setting: an interrupted run keeps
+    return 0
+
+
+def write_report(report: dict[str, Any], out: Path, short: bool) -> None:
+    """Write ``volume_speed[_short].json`` and ``.md`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    stem = "volume_speed_short" if args.short else "volume_speed"
+    stem = "volume_speed_short" if short else "volume_speed"
     (out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / f"{stem}.md").write_text(to_markdown(report))
-    print(f"wrote {out / (stem + '.md')} and .json")
-    return 0
+    print(f"wrote {out / (stem + '.md')} and .json", flush=True)
 
 
 if __name__ == "__main__":

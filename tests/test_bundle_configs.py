@@ -159,6 +159,27 @@ def test_network_names_mean_the_same_in_every_config(files, tmp_path):
     assert inferer.num_inference_steps == network_def.num_inference_steps
 
 
+@pytest.mark.parametrize("overlay", [None, "demo.json"])
+def test_inference_reads_the_model_training_writes(overlay, tmp_path):
+    """inference.json samples with the diffusion settings and the network train.json trains: a model trained
+    with x0 prediction and read back as an epsilon model segments nothing (the bug this test was written for)."""
+    keys = ("regions", "preset", "num_train_timesteps", "noise_schedule", "prediction_type", "sampler",
+            "num_inference_steps", "num_ensemble", "threshold")
+    extra = [str(CONFIGS / overlay)] if overlay else []
+    train, infer = ConfigParser(), ConfigParser()
+    train.read_config([str(CONFIGS / "train.json"), *extra])
+    infer.read_config([str(CONFIGS / "inference.json"), *extra])
+    for parser in (train, infer):
+        parser["bundle_root"] = str(tmp_path)
+    for key in keys:
+        assert infer.get_parsed_content(key) == train.get_parsed_content(key), key
+    t_sched, i_sched = train.get_parsed_content("scheduler"), infer.get_parsed_content("scheduler")
+    assert i_sched.prediction_type == t_sched.prediction_type
+    torch.testing.assert_close(i_sched.alphas_cumprod, t_sched.alphas_cumprod)
+    t_net, i_net = train.get_parsed_content("network"), infer.get_parsed_content("network")
+    assert {k: v.shape for k, v in t_net.state_dict().items()} == {k: v.shape for k, v in i_net.state_dict().items()}
+
+
 def test_verify_net_in_out():
     """MONAI's own check of the network's input/output against metadata.json (n=1: 32x32, the "B" preset)."""
     out = subprocess.run(

@@ -118,7 +118,7 @@ def test_latest_checkpoint_skips_a_truncated_newest(tmp_path, caplog):
     older, newest = _checkpoints(tmp_path, (3, 4))
     assert latest_checkpoint(tmp_path) == str(newest)
     _truncate(newest)
-    with caplog.at_level(logging.WARNING, logger="medsegdiff_monai.utils.bundle"):
+    with caplog.at_level(logging.WARNING, logger="medsegdiff_monai.utils.checkpoint_lookup"):
         assert latest_checkpoint(tmp_path) == str(older)
     assert str(newest) in caplog.text and "truncated or corrupt" in caplog.text
 
@@ -241,13 +241,20 @@ def test_interrupted_nifti_write_leaves_no_partial_file(tmp_path, monkeypatch, w
             nib.load(path).get_fdata()
 
 
-def test_bundle_saves_predictions_atomically():
-    import json
+def test_bundle_saves_predictions_atomically(tmp_path):
+    """Every NIfTI saver the configs build (``SaveCased``, ``SaveSegmentationd``, any ``SaveImaged``) is atomic."""
+    from monai.transforms import SaveImaged
 
-    for name, key in [("evaluate.json", "validate#postprocessing"), ("inference.json", "postprocessing")]:
-        config = json.loads((CONFIGS / name).read_text())
-        savers = [t for t in config[key]["transforms"] if t["_target_"] == "SaveImaged"]
-        assert savers and all(t["writer"] == "medsegdiff_monai.data.AtomicNibabelWriter" for t in savers), name
+    from medsegdiff_monai.data import AtomicNibabelWriter
+
+    for files, key, expected in [(["train.json", "evaluate.json"], "validate#postprocessing", 2),
+                                 (["inference.json"], "postprocessing", 1)]:
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / f) for f in files])
+        parser["bundle_root"] = str(tmp_path)
+        savers = [t for t in parser.get_parsed_content(key).transforms if isinstance(t, SaveImaged)]
+        assert len(savers) == expected, files
+        assert all(t.saver.writers == (AtomicNibabelWriter,) for t in savers), files
 
 
 # --- evaluation at BraTS scale: HD95 in mm, per-region reports ---------------------------------------------------

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from .case_ids import CaseIds
 from .checkpoint_loader import CheckedCheckpointLoader
 from .checkpoint_saver import AtomicCheckpointSaver, ResumableCheckpointSaver
 from .metrics import PhysicalHausdorffDistance, RegionMetricsSaver
@@ -8,6 +9,7 @@ from .progress import ProgressLogger
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "CaseIds",
     "CheckedCheckpointLoader",
     "NaNLossGuard",
     "NonFiniteLossError",

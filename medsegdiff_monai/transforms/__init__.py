@@ -1,7 +1,7 @@
 # Copyright (c) medsegdiff-monai contributors
 # Licensed under the Apache License, Version 2.0
 """BraTS / MSD and 2D image data transforms: file checks, modality order, label regions, mask channels, slice
-sampling, PNG overlays, pipelines."""
+sampling, PNG overlays, pipelines, post-processing."""
 
 from __future__ import annotations
 
@@ -40,6 +40,7 @@ from .image2d import (
     mask_channel_count,
 )
 from .overlay import SaveOverlayD, SaveOverlayDict, SaveOverlayd, overlay_file_stem, select_slices
+from .post import SaveCased, SaveSegmentationd, ThresholdToMaskd
 from .pipelines import get_eval_transforms, get_inference_transforms, get_train_transforms
 
 __all__ = [
@@ -82,6 +83,9 @@ __all__ = [
     "select_slices",
     "overlay_file_stem",
     "case_name",
+    "SaveCased",
+    "SaveSegmentationd",
+    "ThresholdToMaskd",
     "get_eval_transforms",
     "get_inference_transforms",
     "get_train_transforms",

@@ -1,6 +1,14 @@
 # Copyright (c) medsegdiff-monai contributors
 # Licensed under the Apache License, Version 2.0
-"""Ready-made BraTS pipelines for Python users. A bundle config builds the same chains transform by transform.
+"""The BraTS / MSD preprocessing chains: the one definition the bundle, the benchmarks and Python users share.
+
+The bundle's configs instantiate these factories by ``_target_`` (``train.json``: ``train#preprocessing`` =
+:func:`get_train_transforms`, ``validate#preprocessing`` = :func:`get_eval_transforms`; ``inference.json``:
+``preprocessing`` = :func:`get_inference_transforms`), passing the bundle's parameters (``spatial_size``,
+``regions``, ``slices_per_volume``, ...). The chain lives here rather than as transform lists in the JSON because
+the package is the lower layer: it works installed from a wheel, without the bundle's files, and nothing in
+``medsegdiff_monai`` reads the bundle. ``tests/test_pipelines_bundle.py`` checks that the bundle's parsed
+preprocessing and these factories give identical tensors.
 
 Evaluation / inference (whole volumes, invertible with ``monai.transforms.Invertd``)::
 
@@ -9,11 +17,13 @@ Evaluation / inference (whole volumes, invertible with ``monai.transforms.Invert
     trilinear, label nearest) -> NormalizeIntensityd(nonzero, channel_wise) -> EnsureTyped
 
     output: image (4, H, W, D) float32, label (R, H, W, D) float32 {0, 1}; MetaTensors with applied operations.
+    With ``original_label_key``, a copy of the region label before cropping and resizing is kept (evaluation
+    scores predictions against it in the input's geometry).
 
 Training (2D axial slices) adds, after the above::
 
     SliceFgBgToIndicesd -> RandCropByPosNegLabeld(spatial_size (-1, -1, 1), pos, neg, num_samples)
-    -> SqueezeDimd(dim=3)
+    -> SqueezeDimd(dim=3) [-> augmentation]
 
     output: ``slices_per_volume`` samples per volume, image (4, H, W), label (R, H, W).
 
@@ -23,10 +33,11 @@ loaded, cropped, normalised and resized volumes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from monai.transforms import (
     Compose,
+    CopyItemsd,
     CropForegroundd,
     EnsureChannelFirstd,
     EnsureTyped,
@@ -68,6 +79,7 @@ def _volume_transforms(
     check_files: bool,
     reader: str,
     anti_aliasing: bool,
+    original_label_key: str | None = None,
 ) -> list:
     h, w = _size2d(spatial_size)
     keys = [image_key] + ([label_key] if label_key else [])
@@ -86,6 +98,8 @@ def _volume_transforms(
     ]
     if label_key:
         xforms.append(LabelToRegionsd(keys=label_key, regions=regions, convention=label_convention, case_key=case_key))
+        if original_label_key:
+            xforms.append(CopyItemsd(keys=label_key, names=original_label_key))
     xforms += [
         CropForegroundd(keys=keys, source_key=image_key, margin=margin, allow_smaller=True, start_coord_key=None,
                         end_coord_key=None),
@@ -100,7 +114,7 @@ def _volume_transforms(
 
 
 def get_eval_transforms(
-    spatial_size: int | Sequence[int] = (128, 128),
+    spatial_size: int | Sequence[int] = (256, 256),
     image_key: str = "image",
     label_key: str | None = "label",
     case_key: str = "case_id",
@@ -112,6 +126,7 @@ def get_eval_transforms(
     check_files: bool = True,
     reader: str = "NibabelReader",
     anti_aliasing: bool = False,
+    original_label_key: str | None = None,
 ) -> Compose:
     """Whole-volume preprocessing for evaluation and inference; ``Invertd`` maps predictions back.
 
@@ -131,22 +146,25 @@ def get_eval_transforms(
         anti_aliasing: Gaussian anti-aliasing before downsampling the image. Off by default: a BraTS brain
             (about 140 x 170 voxels) shrinks to 128 x 128 by a factor below 1.5, and the smoothing costs ~10x the
             resize itself (about 1 s per BraTS volume on one thread).
+        original_label_key: when set (and ``label_key`` is), keep a copy of the region label (R, *input spatial)
+            under this key before cropping and resizing, for metrics in the input's geometry.
 
     Returns:
         a ``Compose``; outputs image (C, H, W, D) and label (R, H, W, D) MetaTensors.
     """
     return Compose(_volume_transforms(spatial_size, image_key, label_key, case_key, regions, label_convention,
-                                      modalities, margin, orientation, check_files, reader, anti_aliasing))
+                                      modalities, margin, orientation, check_files, reader, anti_aliasing,
+                                      original_label_key))
 
 
-def get_inference_transforms(spatial_size: int | Sequence[int] = (128, 128), **kwargs) -> Compose:
+def get_inference_transforms(spatial_size: int | Sequence[int] = (256, 256), **kwargs) -> Compose:
     """:func:`get_eval_transforms` without a label (``label_key=None``); other arguments are passed on."""
     kwargs["label_key"] = None
     return get_eval_transforms(spatial_size, **kwargs)
 
 
 def get_train_transforms(
-    spatial_size: int | Sequence[int] = (128, 128),
+    spatial_size: int | Sequence[int] = (256, 256),
     slices_per_volume: int = 8,
     pos: float = 1.0,
     neg: float = 1.0,
@@ -161,6 +179,7 @@ def get_train_transforms(
     check_files: bool = True,
     reader: str = "NibabelReader",
     anti_aliasing: bool = False,
+    augmentation: Sequence[Callable] | None = None,
 ) -> Compose:
     """Training preprocessing: the eval chain on whole volumes, then random axial slices as 2D samples.
 
@@ -180,6 +199,8 @@ def get_train_transforms(
         check_files: see :func:`get_eval_transforms`.
         reader: see :func:`get_eval_transforms`.
         anti_aliasing: see :func:`get_eval_transforms`.
+        augmentation: transforms applied to every 2D sample after slicing (the bundle's ``train#augmentation``,
+            e.g. ``RandFlipd``, ``RandAffined``); None or empty: none.
 
     Returns:
         a ``Compose`` returning a list of ``slices_per_volume`` dicts with image (C, H, W) and label (R, H, W).
@@ -199,5 +220,6 @@ def get_train_transforms(
             bg_indices_key=f"{label_key}_bg_indices", allow_smaller=True,
         ),
         SqueezeDimd(keys=keys, dim=3),
+        *(augmentation or ()),
     ]
     return Compose(xforms)

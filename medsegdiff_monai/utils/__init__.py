@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from .enums import DataLayout, OnError, look_up_named_option
-from .bundle import find_bundle_root, latest_checkpoint, prepare_datalist
 from .checkpoint import CheckpointError, check_checkpoint, load_checkpoint
+from .checkpoint_lookup import latest_checkpoint
+from .data_preparation import prepare_datalist
+from .distributed import barrier, is_rank0
 from .precision import AUTO_MIN_SPEEDUP, time_autocast
 
 __all__ = [
@@ -10,8 +12,9 @@ __all__ = [
     "CheckpointError",
     "DataLayout",
     "OnError",
+    "barrier",
     "check_checkpoint",
-    "find_bundle_root",
+    "is_rank0",
     "latest_checkpoint",
     "load_checkpoint",
     "look_up_named_option",

@@ -199,7 +199,8 @@ class DiffusionSegmenter(nn.Module):
         self.num_inference_steps = solver.num_inference_steps
         self.sampler = solver.sampler
         self.progress = bool(progress)
-        self.autocast_choices: dict[str, dict[str, Any]] = {}  # device -> {"dtype": ..., "times": ...} ("auto")
+        # device -> {"dtype": ..., "times": ...} ("auto"); not annotated: TorchScript warns on annotated empty dicts
+        self.autocast_choices = {}  # type: ignore[var-annotated]
         self.share_context = (
             bool(share_context)
             and self.mode == "crossattn"
