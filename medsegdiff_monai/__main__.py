@@ -21,30 +21,33 @@ class CommandError(Exception):
 
 
 class Commands:
-    """MedSegDiff (diffusion segmentation) with MONAI: data tools for BraTS 2020/2021 and MSD Task01."""
+    """MedSegDiff (diffusion segmentation) with MONAI: data tools for BraTS 2020/2021, MSD Task01 and 2D image folders."""
 
     def make_demo_data(
         self,
         output_dir: str,
         num_cases: int = 8,
         seed: int = 0,
-        shape: Sequence[int] = (96, 96, 64),
+        shape: Sequence[int] | None = None,
         overwrite: bool = False,
         layout: str = "brats2021",
     ) -> None:
-        """Write a synthetic BraTS-like demo data set (BraTS 2021 file layout) into OUTPUT_DIR.
+        """Write a synthetic BraTS-like demo data set (BraTS 2021 file layout, or 2D images) into OUTPUT_DIR.
 
         Args:
             output_dir: the folder to write; existing cases are kept unless --overwrite.
             num_cases: number of cases.
             seed: random seed; the same seed writes the same data.
-            shape: volume shape x,y,z, e.g. --shape 96,96,64.
+            shape: volume shape x,y,z, e.g. --shape 96,96,64 (default); for image2d the largest image height,width
+                (default 96,128).
             overwrite: replace existing case folders.
-            layout: brats2021 (default), brats2020 or msd.
+            layout: brats2021 (default), brats2020, msd, or image2d (2D images/ and masks/ folders, ISIC-like).
         """
         from .data import make_demo_data
 
-        written = make_demo_data(output_dir, num_cases=num_cases, seed=seed, shape=_shape(shape),
+        two_d = layout == "image2d"
+        shape = _shape(shape, 2 if two_d else 3) if shape is not None else (96, 128) if two_d else (96, 96, 64)
+        written = make_demo_data(output_dir, num_cases=num_cases, seed=seed, shape=shape,
                                  overwrite=overwrite, layout=layout)
         print(f"wrote {len(written)} synthetic case(s) ({layout} layout) to {os.path.abspath(output_dir)}")
 
@@ -60,15 +63,16 @@ class Commands:
         overwrite: bool = False,
         skip_bad_cases: bool = False,
     ) -> None:
-        """Write a MONAI datalist JSON (training/validation/test, split by case) for a BraTS or MSD folder.
+        """Write a MONAI datalist JSON (training/validation/test, split by case) for a BraTS, MSD or 2D image folder.
 
         Args:
-            data_dir: the data folder (BraTS case folders, or MSD Task01_BrainTumour with dataset.json).
+            data_dir: the data folder (BraTS case folders, MSD Task01_BrainTumour with dataset.json, or 2D images and
+                masks folders, whose train/test folders are kept), or a CSV file of image,mask pairs.
             output_json: the JSON file to write; paths in it are relative to its folder.
             val_fraction: fraction of labeled cases for validation.
             test_fraction: fraction of labeled cases held out for testing (unlabeled cases always go to test).
             seed: split seed.
-            layout: auto, brats2021, brats2020, brats or msd.
+            layout: auto, brats2021, brats2020, brats, msd or image2d.
             absolute_paths: write absolute paths.
             overwrite: replace an existing OUTPUT_JSON.
             skip_bad_cases: leave out cases with problems (with a warning) instead of failing.
@@ -82,12 +86,12 @@ class Commands:
               f"{dl['numTraining']} training, {dl['numValidation']} validation, {dl['numTest']} test case(s)")
 
     def check_data(self, data_dir: str, layout: str = "auto", quick: bool = False) -> None:
-        """Validate a BraTS or MSD data folder and report the problems of every case (reads, never writes).
+        """Validate a BraTS or MSD data folder (or 2D images and masks) and report every case's problems (read-only).
 
         Args:
-            data_dir: the data folder.
-            layout: auto, brats2021, brats2020, brats or msd.
-            quick: check names and NIfTI headers only, without reading the voxel data.
+            data_dir: the data folder (or a CSV file of 2D image,mask pairs).
+            layout: auto, brats2021, brats2020, brats, msd or image2d.
+            quick: check names and NIfTI (or image) headers only, without reading the voxel data.
         """
         from .data import check_dataset
 
@@ -120,19 +124,21 @@ class Commands:
         num_ensemble: int | None = None,
         amp_dtype: str | None = None,
     ) -> None:
-        """Segment every case of a BraTS or MSD folder (labels not needed) with the bundle's inference.json.
+        """Segment every case of a BraTS, MSD or 2D image folder (labels not needed) with the bundle's inference.json.
 
         Writes ``<case>_seg.nii.gz`` per case into OUTPUT_DIR, in the geometry (shape, affine) of the case's
-        images. Existing predictions are never replaced unless --overwrite.
+        images (for 2D images with --configs ...image2d.json: ``<image>_seg.png`` in each image's size). Existing
+        predictions are never replaced unless --overwrite.
 
         Args:
-            input_dir: the folder of cases (BraTS 2020/2021 case folders, or MSD Task01 imagesTr/imagesTs).
+            input_dir: the folder of cases (BraTS 2020/2021 case folders, MSD Task01 imagesTr/imagesTs, or 2D images
+                with --configs bundle/configs/image2d.json).
             output_dir: where to write the predictions.
             bundle_dir: the bundle folder (default: the bundle/ folder next to this package in a source checkout).
             ckpt_path: the weights (default: BUNDLE_DIR/models/model.pt).
             configs: config files merged after inference.json, e.g. bundle/configs/demo.json for a model trained
-                with the demo overlay (its preset and image size).
-            layout: auto, brats2021, brats2020, brats or msd.
+                with the demo overlay (its preset and image size), then bundle/configs/image2d.json for 2D images.
+            layout: auto, brats2021, brats2020, brats, msd or image2d.
             device: e.g. cpu or cuda:0 (default: cuda:0 if available, else cpu).
             overwrite: replace existing predictions.
             sampler: ddpm, ddim or dpmpp_2m (default: the bundle's).
@@ -144,7 +150,7 @@ class Commands:
         import torch
         from monai.bundle import ConfigWorkflow
 
-        from .data import find_cases
+        from .data import find_cases, is_image_name
         from .utils import check_checkpoint
 
         overrides = {"sampler": sampler, "num_inference_steps": num_inference_steps, "num_ensemble": num_ensemble,
@@ -160,10 +166,11 @@ class Commands:
                 raise CommandError(f"--configs: no such config file {path}")
         cases = find_cases(input_dir, layout=layout)  # DataError names the folder / case on bad input
         out = os.path.abspath(output_dir)
-        existing = [c["case_id"] for c in cases if os.path.exists(os.path.join(out, f"{c['case_id']}_seg.nii.gz"))]
+        ext = ".png" if cases and is_image_name(str(cases[0]["image"])) else ".nii.gz"  # 2D images: PNG masks
+        existing = [c["case_id"] for c in cases if os.path.exists(os.path.join(out, f"{c['case_id']}_seg{ext}"))]
         if existing and not overwrite:
             raise CommandError(
-                f"{len(existing)} prediction(s) already in {out} (e.g. {existing[0]}_seg.nii.gz); "
+                f"{len(existing)} prediction(s) already in {out} (e.g. {existing[0]}_seg{ext}); "
                 "pass --overwrite to replace them or choose another OUTPUT_DIR"
             )
         if os.path.abspath(input_dir) == out:
@@ -199,17 +206,18 @@ def _bundle_dir(bundle_dir: str | None) -> str:
     return bundle_dir
 
 
-def _shape(shape: Sequence[int] | int | str) -> tuple[int, ...]:
+def _shape(shape: Sequence[int] | int | str, n: int = 3) -> tuple[int, ...]:
+    example, count = ("96,96,64", "three") if n == 3 else ("96,128", "two")
     if isinstance(shape, str):
         shape = [s for s in shape.replace("x", ",").strip("()[] ").split(",") if s.strip()]
     if isinstance(shape, int):
-        shape = (shape,) * 3
+        shape = (shape,) * n
     try:
         out = tuple(int(s) for s in shape)  # type: ignore[union-attr]
     except (TypeError, ValueError) as e:
-        raise CommandError(f"--shape must be three integers such as 96,96,64, got {shape!r}") from e
-    if len(out) != 3:
-        raise CommandError(f"--shape must be three integers such as 96,96,64, got {shape!r}")
+        raise CommandError(f"--shape must be {count} integers such as {example}, got {shape!r}") from e
+    if len(out) != n:
+        raise CommandError(f"--shape must be {count} integers such as {example}, got {shape!r}")
     return out
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 from monai.data import MetaTensor
+from monai.transforms import Compose, CopyItemsd, Invertd, LoadImaged, SqueezeDimd
 from PIL import Image
 
 from medsegdiff_monai.__main__ import main
@@ -32,7 +33,16 @@ from medsegdiff_monai.transforms import (
     ChannelsToMaskd,
     CheckImagePaird,
     MaskToChannelsd,
+    SaveCased,
+    SaveMapTIFFd,
+    SaveMaskPNGd,
+    SaveSegmentationd,
+    ThresholdToMaskd,
+    get_image2d_eval_transforms,
+    get_image2d_inference_transforms,
+    get_image2d_train_transforms,
 )
+from medsegdiff_monai.utils import prepare_datalist
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "configs"
 
@@ -73,7 +83,7 @@ def test_isic_style_folders_keep_their_split(tmp_path):
     _pairs(tmp_path, ["ISIC_0000010"], "ISIC2018_Task1-2_Validation_Input", "ISIC2018_Task1_Validation_GroundTruth")
     _image(tmp_path / "ISIC2018_Task1-2_Test_Input" / "ISIC_0000020.jpg")  # test images without ground truth
     dl = build_datalist(tmp_path, val_fraction=0.5, test_fraction=0.3)
-    assert dl["layout"] == "image2d" and dl["split"]["by"] == "folders (kept as given)"
+    assert dl["layout"] == "image2d" and dl["split"]["by"] == "given by the data set"
     assert [c["case_id"] for c in dl["validation"]] == ["ISIC_0000010"]  # the validation folder, none drawn
     assert len(dl["training"]) == 5
     assert [c["case_id"] for c in dl["test"]] == ["ISIC_0000020"] and "label" not in dl["test"][0]
@@ -271,9 +281,11 @@ def _parser(files, tmp_path, **overrides):
     return parser
 
 
-@pytest.mark.parametrize("files", [["train.json", "image2d.json"], ["train.json", "demo.json", "image2d.json"],
-                                   ["train.json", "evaluate.json", "image2d.json"],
-                                   ["inference.json", "image2d.json"]])
+STACKS = [["train.json", "image2d.json"], ["train.json", "demo.json", "image2d.json"],
+          ["train.json", "evaluate.json", "image2d.json"], ["inference.json", "image2d.json"]]
+
+
+@pytest.mark.parametrize("files", STACKS)
 def test_image2d_overlay_builds_on_every_stack(files, tmp_path, monkeypatch):
     monkeypatch.setenv("MONAI_FAIL_ON_DUPLICATE_CONFIG", "1")
     parser = _parser(files, tmp_path, image_channels=1, mask_classes=[[0, 128], [0]])
@@ -281,38 +293,131 @@ def test_image2d_overlay_builds_on_every_stack(files, tmp_path, monkeypatch):
     assert network.in_channels == 1 and network.out_channels == 2
     inferer = parser.get_parsed_content("inferer" if "inference.json" in files else "validate#inferer")
     assert inferer.slice_axis is None  # the 2D mode: images go to the network whole
-    ids = ["preprocessing", "postprocessing"] if "inference.json" in files else ["train#preprocessing"]
-    ids += ["eval_postprocessing", "validate#handlers"] if "evaluate.json" in files else []
-    for id_ in ids:
-        assert parser.get_parsed_content(id_) is not None, id_
+    if "inference.json" in files:
+        pre, post = parser.get_parsed_content("preprocessing"), parser.get_parsed_content("postprocessing")
+        assert not any(isinstance(t, LoadImaged) and "label" in t.keys for t in pre.transforms)
+        assert any(isinstance(t, SaveMaskPNGd) for t in post.transforms)
+    else:
+        for id_ in ("train#preprocessing", "validate#preprocessing"):
+            pre = parser.get_parsed_content(id_)
+            assert any(isinstance(t, MaskToChannelsd) for t in pre.transforms), id_  # the 2D chain, not BraTS
+            assert not any(isinstance(t, SqueezeDimd) for t in pre.transforms), id_  # no slicing
     if "evaluate.json" in files:
-        assert parser["validate#evaluator"]["postprocessing"] == "@eval_postprocessing"
-        post = parser.get_parsed_content("eval_postprocessing").transforms
-        assert any(isinstance(t, ChannelsToMaskd) for t in post)  # the PNG masks, not evaluate.json's NIfTI
+        assert parser["validate#evaluator"]["postprocessing"].replace("::", "#") == "@validate#postprocessing"
+        post = parser.get_parsed_content("validate#postprocessing").transforms
+        kinds = [type(t) for t in post]
+        assert SaveMaskPNGd in kinds and SaveMapTIFFd in kinds  # the PNG masks, not evaluate.json's NIfTI
+        assert SaveSegmentationd not in kinds and SaveCased not in kinds
         assert parser.get_parsed_content("class_labels") == ["CLASS1", "CLASS2"]
+        assert parser.get_parsed_content("validate#handlers") is not None
+        pre = parser.get_parsed_content("validate#preprocessing")
+        assert any(isinstance(t, CopyItemsd) for t in pre.transforms)  # label_original kept for the metrics
+    # no lambda and no inline transform list: components only (the bundle's conventions)
+    text = (CONFIGS / "image2d.json").read_text()
+    assert "lambda" not in text and "$@" not in text.replace("$@eval_dir", "").replace("$@bundle_root", "")
+    assert not (tmp_path / "data").exists()  # parsing writes nothing: data preparation is in initialize
+
+
+def _item(tmp_path: Path, size=(37, 50)) -> dict:
+    _image(tmp_path / "images" / "a.png", size=size)
+    _image(tmp_path / "masks" / "a.png", size=size, mode="L")
+    return {"case_id": "a", "image": str(tmp_path / "images" / "a.png"), "label": str(tmp_path / "masks" / "a.png")}
+
+
+def test_image2d_config_preprocessing_is_the_package_factory(tmp_path):
+    """The bundle's parsed 2D preprocessing and the pipelines.py factories give identical tensors."""
+    item = _item(tmp_path)
+    parser = _parser(["train.json", "demo.json", "evaluate.json", "image2d.json"], tmp_path)
+    bundle_eval = parser.get_parsed_content("validate#preprocessing")(dict(item))
+    api_eval = get_image2d_eval_transforms((64, 64), original_label_key="label_original")(dict(item))
+    for key in ("image", "label", "label_original"):
+        torch.testing.assert_close(torch.as_tensor(bundle_eval[key]), torch.as_tensor(api_eval[key]))
+    bundle_train = parser.get_parsed_content("train#preprocessing")(dict(item))  # augmentation off by default
+    api_train = get_image2d_train_transforms((64, 64))(dict(item))
+    for key in ("image", "label"):
+        torch.testing.assert_close(torch.as_tensor(bundle_train[key]), torch.as_tensor(api_train[key]))
+    inf = _parser(["inference.json", "demo.json", "image2d.json"], tmp_path)
+    bundle_inf = inf.get_parsed_content("preprocessing")(dict(item))
+    api_inf = get_image2d_inference_transforms((64, 64))(dict(item))
+    torch.testing.assert_close(torch.as_tensor(bundle_inf["image"]), torch.as_tensor(api_inf["image"]))
+    assert not isinstance(bundle_inf["label"], torch.Tensor)  # inference reads no mask
+    with pytest.raises(ValueError, match="label_key is required"):
+        get_image2d_train_transforms(label_key=None)
 
 
 def test_image2d_preprocessing_resizes_and_inverts_to_the_original_size(tmp_path):
-    _image(tmp_path / "images" / "a.png", size=(37, 50))
-    _image(tmp_path / "masks" / "a.png", size=(37, 50), mode="L")
-    parser = _parser(["train.json", "demo.json", "evaluate.json", "image2d.json"], tmp_path)
-    item = {"case_id": "a", "image": str(tmp_path / "images" / "a.png"), "label": str(tmp_path / "masks" / "a.png")}
-    pre = parser.get_parsed_content("validate#preprocessing")
-    out = pre(item)
+    item = _item(tmp_path)
+    pre = get_image2d_eval_transforms((64, 64), original_label_key="label_original")
+    out = pre(dict(item))
     assert out["image"].shape == (3, 64, 64) and out["label"].shape == (1, 64, 64)
     assert out["label_original"].shape == (1, 37, 50)
     assert torch.isclose(out["image"].mean(), torch.tensor(0.0), atol=1e-4)  # normalised per channel
-    from monai.transforms import Invertd
-
     out["pred"] = MetaTensor(out["label"].clone())
     inverted = Invertd("pred", pre, orig_keys="image", nearest_interp=True)(out)["pred"]
     assert inverted.shape == (1, 37, 50)
     assert (inverted > 0.5).eq(out["label_original"] > 0.5).float().mean() > 0.97  # the mask comes back
-    from monai.transforms import Compose
-
-    loaded = Compose(parser.get_parsed_content("load_transforms"))(dict(item))
+    loaded = Compose(pre.transforms[:4])(dict(item))  # check, load image, load mask, channel first
     picture = np.asarray(Image.open(item["image"])).transpose(2, 0, 1)  # (C, H, W): rows stay rows
     np.testing.assert_array_equal(np.asarray(loaded["image"]), picture)
+    grey = get_image2d_eval_transforms((16, 16), image_channels=1, check_files=False)(dict(item))
+    assert grey["image"].shape == (1, 16, 16)
+    mask = np.asarray(Image.open(item["label"]))
+    two = get_image2d_eval_transforms((37, 50), mask_classes=[[255], [0]])(dict(item))["label"]
+    assert two.shape == (2, 37, 50) and two[0].numpy().sum() == (mask == 255).sum()
+    high = get_image2d_eval_transforms((37, 50), mask_threshold=254)(dict(item))["label"]
+    assert high.numpy().sum() == (mask > 254).sum()
+    _image(tmp_path / "masks" / "a.png", size=(30, 50), mode="L")
+    with pytest.raises(RuntimeError) as err:  # Compose wraps the DataError that names the mask file
+        pre(dict(item))
+    assert isinstance(err.value.__cause__, DataError) and "masks/a.png: mask is 30x50" in str(err.value.__cause__)
+
+
+def test_png_masks_written_at_the_original_size_round_trip(tmp_path):
+    """Predictions at network size, inverted to the image's size, written as PNG and read back unchanged."""
+    item = _item(tmp_path, size=(41, 29))
+    pre = get_image2d_eval_transforms((32, 32), original_label_key="label_original")
+    out = pre(dict(item))
+    out["pred"] = MetaTensor(out["label"].clone(), meta=out["label"].meta,
+                             applied_operations=out["label"].applied_operations)
+    post = Compose([
+        Invertd("pred", pre, orig_keys="image", nearest_interp=False, to_tensor=True),
+        ThresholdToMaskd("pred", names="pred_mask", threshold=0.5),
+        SaveMaskPNGd("pred_mask", output_dir=str(tmp_path / "out")),
+    ])
+    done = post(out)
+    assert done["pred_mask"].shape == (1, 41, 29)  # unchanged for the metrics
+    written = tmp_path / "out" / "a_seg.png"
+    back = np.asarray(Image.open(written))
+    assert Image.open(written).mode == "L" and back.shape == (41, 29)  # rows x columns of the image
+    np.testing.assert_array_equal(back, (done["pred_mask"][0].numpy() > 0).astype(np.uint8) * 255)
+    original = np.asarray(Image.open(item["label"])) > 0
+    assert ((back > 0) == original).mean() > 0.95
+    classes = {"pred": MetaTensor(torch.stack([done["pred_mask"][0], torch.zeros(41, 29)]),
+                                  meta={"filename_or_obj": item["image"]})}
+    SaveMaskPNGd("pred", output_dir=str(tmp_path / "classes"), values=[128, 0])(classes)
+    assert set(np.unique(np.asarray(Image.open(tmp_path / "classes" / "a_seg.png"))).tolist()) == {0, 128}
+    unc = {"u": MetaTensor(torch.rand(2, 41, 29), meta={"filename_or_obj": item["image"]})}
+    SaveMapTIFFd("u", output_dir=str(tmp_path / "out"))(unc)
+    back_unc = np.asarray(Image.open(tmp_path / "out" / "a_uncertainty.tif"))
+    np.testing.assert_allclose(back_unc, unc["u"].amax(0).numpy(), rtol=1e-6)  # the channel maximum, float32
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_seg.png", "a_uncertainty.tif"]
+
+
+def test_prepare_datalist_generates_the_2d_demo_and_reads_a_csv(tmp_path):
+    demo = tmp_path / "demo"
+    out = prepare_datalist(demo, tmp_path / "dl.json", demo_dir=demo, num_demo_cases=5, demo_shape=(40, 48),
+                           demo_layout="image2d")
+    dl = json.loads(Path(out).read_text())
+    assert dl["layout"] == "image2d" and (demo / "images").is_dir() and (demo / "masks").is_dir()
+    assert dl["numTraining"] + dl["numValidation"] + dl["numTest"] == 5
+    rows = ["image,mask"] + [f"images/{c['case_id']}{Path(c['image']).suffix},{c['label'][len('demo/'):]}"
+                             for c in dl["training"] + dl["validation"] + dl["test"]]
+    (demo / "pairs.csv").write_text("\n".join(rows) + "\n")
+    out = prepare_datalist(demo / "pairs.csv", tmp_path / "dl.json")  # rebuilt: another data source
+    again = json.loads(Path(out).read_text())
+    assert again["source"] == "csv" and again["numTraining"] + again["numValidation"] + again["numTest"] == 5
+    with pytest.raises(DataError, match="dataset_dir not found"):
+        prepare_datalist(tmp_path / "none.csv", tmp_path / "other.json")
 
 
 def test_overlay_draws_a_photograph_in_colour_with_class_names(tmp_path):

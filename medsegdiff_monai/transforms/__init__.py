@@ -5,26 +5,32 @@ sampling, PNG overlays, pipelines, post-processing."""
 
 from __future__ import annotations
 
-from .array import CheckFinite, LabelToRegions, RegionsToLabel, ReorderModalities, resolve_dtype
+from .array import (
+    CheckFinite,
+    LabelToRegions,
+    RegionsToLabel,
+    ReorderModalities,
+    resolve_dtype,
+)
 from .dictionary import (
     CheckFiniteD,
-    CheckFiniteDict,
     CheckFinited,
+    CheckFiniteDict,
     CheckInputFilesD,
-    CheckInputFilesDict,
     CheckInputFilesd,
+    CheckInputFilesDict,
     LabelToRegionsD,
-    LabelToRegionsDict,
     LabelToRegionsd,
+    LabelToRegionsDict,
     RegionsToLabelD,
-    RegionsToLabelDict,
     RegionsToLabeld,
+    RegionsToLabelDict,
     ReorderModalitiesD,
-    ReorderModalitiesDict,
     ReorderModalitiesd,
+    ReorderModalitiesDict,
     SliceFgBgToIndicesD,
-    SliceFgBgToIndicesDict,
     SliceFgBgToIndicesd,
+    SliceFgBgToIndicesDict,
     case_name,
 )
 from .image2d import (
@@ -39,9 +45,28 @@ from .image2d import (
     MaskToChannelsDict,
     mask_channel_count,
 )
-from .overlay import SaveOverlayD, SaveOverlayDict, SaveOverlayd, overlay_file_stem, select_slices
-from .post import SaveCased, SaveSegmentationd, ThresholdToMaskd
-from .pipelines import get_eval_transforms, get_inference_transforms, get_train_transforms
+from .overlay import (
+    SaveOverlayD,
+    SaveOverlayd,
+    SaveOverlayDict,
+    overlay_file_stem,
+    select_slices,
+)
+from .pipelines import (
+    get_eval_transforms,
+    get_image2d_eval_transforms,
+    get_image2d_inference_transforms,
+    get_image2d_train_transforms,
+    get_inference_transforms,
+    get_train_transforms,
+)
+from .post import (
+    SaveCased,
+    SaveMapTIFFd,
+    SaveMaskPNGd,
+    SaveSegmentationd,
+    ThresholdToMaskd,
+)
 
 __all__ = [
     "CheckFinite",
@@ -85,8 +110,13 @@ __all__ = [
     "case_name",
     "SaveCased",
     "SaveSegmentationd",
+    "SaveMaskPNGd",
+    "SaveMapTIFFd",
     "ThresholdToMaskd",
     "get_eval_transforms",
     "get_inference_transforms",
     "get_train_transforms",
+    "get_image2d_eval_transforms",
+    "get_image2d_inference_transforms",
+    "get_image2d_train_transforms",
 ]

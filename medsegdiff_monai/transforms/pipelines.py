@@ -29,12 +29,24 @@ Training (2D axial slices) adds, after the above::
 
 Everything before ``RandCropByPosNegLabeld`` is deterministic, so ``CacheDataset``/``PersistentDataset`` cache the
 loaded, cropped, normalised and resized volumes.
+
+2D image folders (``bundle/configs/image2d.json``: ISIC, REFUGE-2, DDTI style; :func:`get_image2d_eval_transforms`,
+:func:`get_image2d_train_transforms`, :func:`get_image2d_inference_transforms`)::
+
+    CheckImagePaird -> LoadImaged(PILReader, ConvertImageMode(image_channels); mask as stored)
+    -> EnsureChannelFirstd -> MaskToChannelsd(mask_classes / mask_threshold) [-> CopyItemsd(original label)]
+    -> Resized((H, W); image bilinear, label nearest) -> NormalizeIntensityd(channel_wise) -> EnsureTyped
+    [-> augmentation (training)]
+
+    output: image (C, H, W) float32 with C = image_channels (3 for RGB), label (K, H, W) float32 {0, 1}; the
+    whole image is one sample (no slicing), and ``Invertd`` maps predictions back to each image's own size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from monai.data import PILReader
 from monai.transforms import (
     Compose,
     CopyItemsd,
@@ -50,9 +62,24 @@ from monai.transforms import (
 )
 
 from ..data.conventions import MODALITIES
-from .dictionary import CheckFinited, CheckInputFilesd, LabelToRegionsd, ReorderModalitiesd, SliceFgBgToIndicesd
+from ..data.image_files import ConvertImageMode
+from .dictionary import (
+    CheckFinited,
+    CheckInputFilesd,
+    LabelToRegionsd,
+    ReorderModalitiesd,
+    SliceFgBgToIndicesd,
+)
+from .image2d import CheckImagePaird, MaskToChannelsd
 
-__all__ = ["get_eval_transforms", "get_train_transforms", "get_inference_transforms"]
+__all__ = [
+    "get_eval_transforms",
+    "get_train_transforms",
+    "get_inference_transforms",
+    "get_image2d_eval_transforms",
+    "get_image2d_train_transforms",
+    "get_image2d_inference_transforms",
+]
 
 
 def _size2d(spatial_size: int | Sequence[int]) -> tuple[int, int]:
@@ -223,3 +250,105 @@ def get_train_transforms(
         *(augmentation or ()),
     ]
     return Compose(xforms)
+
+
+def get_image2d_eval_transforms(
+    spatial_size: int | Sequence[int] = (256, 256),
+    image_key: str = "image",
+    label_key: str | None = "label",
+    case_key: str = "case_id",
+    image_channels: int = 3,
+    mask_classes: Sequence | None = None,
+    mask_threshold: float | None = None,
+    check_files: bool = True,
+    original_label_key: str | None = None,
+) -> Compose:
+    """Preprocessing of 2D images (PNG, JPEG, BMP, TIFF) and their masks for evaluation; ``Invertd`` maps
+    predictions back to each image's own size.
+
+    Args:
+        spatial_size: the network size (H, W) (or an int); every image is resized to it.
+        image_key: item key of the image file.
+        label_key: item key of the mask file; None for inference on unlabeled images (a missing mask is skipped
+            too).
+        case_key: item key of the case name used in error messages.
+        image_channels: 3 (RGB; greyscale files are repeated) or 1 (greyscale; colour files become luminance).
+        mask_classes: None for a binary mask (one channel), or the mask value(s) of each class, one channel per
+            class, e.g. ``[[0, 128], [0]]`` for REFUGE-2's optic disc and cup (see :class:`MaskToChannelsd`).
+        mask_threshold: for a binary mask: foreground is ``value > mask_threshold`` (None: any nonzero value).
+        check_files: start with :class:`CheckImagePaird` (decodes the files, checks the mask's size, and names
+            the file on a problem).
+        original_label_key: when set (and ``label_key`` is), keep a copy of the mask channels (K, H0, W0) at the
+            image's own size under this key, for metrics in the original geometry.
+
+    Returns:
+        a ``Compose``; outputs image (image_channels, H, W) and label (K, H, W) float32 MetaTensors.
+    """
+    h, w = _size2d(spatial_size)
+    keys = [image_key] + ([label_key] if label_key else [])
+    xforms: list = []
+    if check_files:
+        xforms.append(CheckImagePaird(keys=keys, case_key=case_key))
+    xforms += [
+        # rows stay rows (reverse_indexing=False): arrays are (H, W) as in the file, and written back as such
+        LoadImaged(keys=image_key, reader=PILReader(converter=ConvertImageMode(image_channels),
+                                                    reverse_indexing=False), image_only=True),
+    ]
+    if label_key:
+        xforms.append(LoadImaged(keys=label_key, reader=PILReader(reverse_indexing=False), image_only=True,
+                                 allow_missing_keys=True))
+    xforms.append(EnsureChannelFirstd(keys=keys, allow_missing_keys=True))
+    if label_key:
+        xforms.append(MaskToChannelsd(keys=label_key, classes=mask_classes, threshold=mask_threshold,
+                                      image_key=image_key, case_key=case_key))
+        if original_label_key:
+            xforms.append(CopyItemsd(keys=label_key, names=original_label_key, allow_missing_keys=True))
+    xforms += [
+        Resized(keys=keys, spatial_size=(h, w), mode=["bilinear"] + ["nearest"] * (len(keys) - 1),
+                allow_missing_keys=True),
+        NormalizeIntensityd(keys=image_key, channel_wise=True),
+        EnsureTyped(keys=keys, dtype="float32", allow_missing_keys=True),
+    ]
+    return Compose(xforms)
+
+
+def get_image2d_inference_transforms(spatial_size: int | Sequence[int] = (256, 256), **kwargs) -> Compose:
+    """:func:`get_image2d_eval_transforms` without a mask (``label_key=None``); other arguments are passed on."""
+    kwargs["label_key"] = None
+    return get_image2d_eval_transforms(spatial_size, **kwargs)
+
+
+def get_image2d_train_transforms(
+    spatial_size: int | Sequence[int] = (256, 256),
+    image_key: str = "image",
+    label_key: str = "label",
+    case_key: str = "case_id",
+    image_channels: int = 3,
+    mask_classes: Sequence | None = None,
+    mask_threshold: float | None = None,
+    check_files: bool = True,
+    augmentation: Sequence[Callable] | None = None,
+) -> Compose:
+    """Training preprocessing of 2D images: :func:`get_image2d_eval_transforms`, then the augmentation.
+
+    Args:
+        spatial_size: see :func:`get_image2d_eval_transforms`.
+        image_key: see :func:`get_image2d_eval_transforms`.
+        label_key: item key of the mask file.
+        case_key: see :func:`get_image2d_eval_transforms`.
+        image_channels: see :func:`get_image2d_eval_transforms`.
+        mask_classes: see :func:`get_image2d_eval_transforms`.
+        mask_threshold: see :func:`get_image2d_eval_transforms`.
+        check_files: see :func:`get_image2d_eval_transforms`.
+        augmentation: transforms applied to every image after resizing (the bundle's ``train#augmentation``);
+            None or empty: none.
+
+    Returns:
+        a ``Compose`` returning one dict per image with image (image_channels, H, W) and label (K, H, W).
+    """
+    if not label_key:
+        raise ValueError("get_image2d_train_transforms: label_key is required (training needs masks).")
+    pre = get_image2d_eval_transforms(spatial_size, image_key=image_key, label_key=label_key, case_key=case_key,
+                                      image_channels=image_channels, mask_classes=mask_classes,
+                                      mask_threshold=mask_threshold, check_files=check_files)
+    return Compose([*pre.transforms, *(augmentation or ())])

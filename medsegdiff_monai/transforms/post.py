@@ -11,6 +11,10 @@
 and ``inference.json`` in two (``Invertd`` -> ``SaveSegmentationd``). The metrics compare ``pred_mask`` with
 the ``label_original`` that the preprocessing kept (``get_eval_transforms(original_label_key=...)``), so no key
 is copied back or deleted. Every case file is named by :func:`medsegdiff_monai.data.case_name_formatter`.
+
+The 2D overlay (``image2d.json``) uses the same steps with the image writers: :class:`SaveMaskPNGd`
+(``pred_mask`` -> ``<image>_seg.png`` at the image's own size) instead of ``SaveSegmentationd``, and
+:class:`SaveMapTIFFd` (``pred_uncertainty`` -> ``<image>_uncertainty.tif``) instead of ``SaveCased``.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from monai.config import DtypeLike, KeysCollection
 from monai.transforms import AsDiscreted, CopyItemsd, MapTransform, SaveImaged
 
 from ..data.case_ids import case_name_formatter
-from ..data.image_writer import AtomicNibabelWriter
+from ..data.image_writer import AtomicNibabelWriter, AtomicPILWriter
 from .dictionary import RegionsToLabeld
+from .image2d import ChannelsToMaskd
 
-__all__ = ["ThresholdToMaskd", "SaveCased", "SaveSegmentationd"]
+__all__ = ["ThresholdToMaskd", "SaveCased", "SaveSegmentationd", "SaveMaskPNGd", "SaveMapTIFFd"]
 
 
 class ThresholdToMaskd(MapTransform):
@@ -112,4 +117,67 @@ class SaveSegmentationd(SaveCased):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         super().__call__(self.to_label(data))
+        return dict(data)
+
+
+class SaveMaskPNGd(SaveCased):
+    """Write 2D class masks (or probabilities) as one mask image per case, ``<case>_seg.png`` (uint8).
+
+    The 2D counterpart of :class:`SaveSegmentationd`: the class channels (K, H, W) become one mask with
+    :class:`~medsegdiff_monai.transforms.ChannelsToMaskd` (255 for a binary mask, as ISIC's; ``values`` per
+    class otherwise) and are written by :class:`SaveCased` with
+    :class:`~medsegdiff_monai.data.AtomicPILWriter`, rows as rows, in the array's size (after ``Invertd``: the
+    image's own). The item itself is returned unchanged, so the masks stay available to the metrics.
+
+    Args:
+        keys: the class mask or probability keys, (K, H, W).
+        output_dir: the folder to write to.
+        threshold: a channel value ``>= threshold`` belongs to the class.
+        values: the pixel value of each class; None: 255 for one class, else 1, 2, ... K.
+        output_postfix: the file name's postfix after the case id.
+        output_ext: the image format's extension (``.png``; ``.bmp`` and ``.tif`` work too).
+        kwargs: more :class:`SaveCased` / ``SaveImaged`` arguments.
+    """
+
+    def __init__(self, keys: KeysCollection, output_dir: str = "./", threshold: float = 0.5,
+                 values: Sequence[int] | None = None, output_postfix: str = "seg", output_ext: str = ".png",
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("output_dtype", np.uint8)
+        kwargs.setdefault("writer", AtomicPILWriter)
+        super().__init__(keys, output_dir=output_dir, output_postfix=output_postfix, output_ext=output_ext,
+                         **kwargs)
+        self.to_mask = ChannelsToMaskd(keys=self.keys, threshold=threshold, values=values,
+                                       allow_missing_keys=self.allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        super().__call__(self.to_mask(data))
+        return dict(data)
+
+
+class SaveMapTIFFd(SaveCased):
+    """Write a 2D float map per case (e.g. the ensemble's uncertainty) as ``<case>_<postfix>.tif`` (float32).
+
+    Image formats hold one float channel, so a map of K channels (K, H, W) is reduced to its per-pixel maximum
+    over the channels first (for one channel: the map itself). Written by :class:`SaveCased` with
+    :class:`~medsegdiff_monai.data.AtomicPILWriter`; the item is returned unchanged.
+
+    Args:
+        keys: the map keys, (K, H, W).
+        output_dir: the folder to write to.
+        output_postfix: the file name's postfix after the case id.
+        kwargs: more :class:`SaveCased` / ``SaveImaged`` arguments.
+    """
+
+    def __init__(self, keys: KeysCollection, output_dir: str = "./", output_postfix: str = "uncertainty",
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("writer", AtomicPILWriter)
+        kwargs.setdefault("output_ext", ".tif")
+        super().__init__(keys, output_dir=output_dir, output_postfix=output_postfix, output_dtype=np.float32,
+                         **kwargs)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = d[key].amax(0, keepdim=True)  # MetaTensor: keeps the metadata the writer names the file by
+        super().__call__(d)
         return dict(data)

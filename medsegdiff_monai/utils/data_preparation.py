@@ -43,11 +43,13 @@ def prepare_datalist(
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
     seed: int = 0,
+    demo_layout: str = "brats2021",
 ) -> str:
     """Make sure the datalist the bundle trains and evaluates on exists, and return its path.
 
     - When ``dataset_dir`` is ``demo_dir`` and holds no case yet, the synthetic demo data set is generated there
-      (:func:`medsegdiff_monai.data.make_demo_data`, BraTS 2021 layout): the bundle trains out of the box.
+      (:func:`medsegdiff_monai.data.make_demo_data`, BraTS 2021 layout or ``demo_layout``): the bundle trains out
+      of the box.
     - ``datalist_file`` is written with :func:`medsegdiff_monai.data.write_datalist` (split by case, seeded)
       when it does not exist, or when it is a datalist this package wrote for another data folder (switching
       ``--dataset_dir`` rebuilds it). A datalist written by anyone else is used as it is, never overwritten.
@@ -56,14 +58,18 @@ def prepare_datalist(
     Under ``torch.distributed`` only rank 0 writes; the other ranks wait for it.
 
     Args:
-        dataset_dir: the data folder (BraTS 2020/2021 case folders, or MSD Task01_BrainTumour).
+        dataset_dir: the data folder (BraTS 2020/2021 case folders, MSD Task01_BrainTumour, or 2D image and mask
+            folders), or a CSV file of image,mask pairs.
         datalist_file: the datalist JSON to use or write.
         demo_dir: the folder of the demo data set, generated on first use when ``dataset_dir`` is this folder.
         num_demo_cases: number of demo cases to generate.
-        demo_shape: volume shape of the demo cases.
+        demo_shape: volume shape of the demo cases (for ``demo_layout="image2d"``: ``demo_shape[:2]`` is the largest
+            image's height and width).
         val_fraction: fraction of labeled cases for validation (see :func:`medsegdiff_monai.data.split_cases`).
         test_fraction: fraction of labeled cases held out for testing.
         seed: seed of the demo data and of the split.
+        demo_layout: the layout of the generated demo data set: ``"brats2021"``, ``"brats2020"``, ``"msd"`` or
+            ``"image2d"`` (images/ and masks/ folders of 2D images, for ``image2d.json``).
 
     Returns:
         the absolute path of the datalist file.
@@ -79,11 +85,12 @@ def prepare_datalist(
     if is_rank0():
         if is_demo and not (data.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in data.iterdir())):
             logger.info(f"generating the synthetic demo data set ({num_demo_cases} cases) in {data}")
-            make_demo_data(data, num_cases=num_demo_cases, seed=seed, shape=demo_shape)
-        if not data.is_dir():
+            make_demo_data(data, num_cases=num_demo_cases, seed=seed, shape=demo_shape, layout=demo_layout)
+        if not data.is_dir() and not (data.is_file() and data.suffix.lower() == ".csv"):  # or a CSV of 2D pairs
             raise DataError(
                 f"{data}: dataset_dir not found. Pass --dataset_dir with a BraTS 2020/2021 or MSD Task01_BrainTumour "
-                "folder, or leave it unset to use the synthetic demo data."
+                "folder (with image2d.json: a folder of 2D images and masks, or a CSV of pairs), or leave it unset "
+                "to use the synthetic demo data."
             )
         rebuild = not out.is_file()
         if not rebuild:
