@@ -79,7 +79,7 @@ def test_user_errors_are_one_line(tmp_path):
 
 @pytest.mark.parametrize("argv,message", [
     (["make_datalist", "{d}", "{d}/dl.json", "--val_fraction", "1.5"], "val_fraction must be in [0, 1)"),
-    (["make_datalist", "{d}", "{d}/dl.json", "--layout", "weird"], "`layout` must be one of ('auto', 'msd', 'brats2021', 'brats2020', 'brats'), got 'weird'"),
+    (["make_datalist", "{d}", "{d}/dl.json", "--layout", "weird"], "`layout` must be one of ('auto', 'msd', 'brats2021', 'brats2020', 'image2d', 'brats'), got 'weird'"),
     (["make_demo_data", "{d}/new", "--shape", "32,32"], "--shape must be three integers"),
     (["make_demo_data", "{d}/new", "--num_cases", "0"], "num_cases must be at least 1"),
 ])

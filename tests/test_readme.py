@@ -46,3 +46,19 @@ def test_architecture_section_names_existing_files():
             folder = base if base.is_dir() else base.parent
             for name in re.findall(r"`([\w/]+\.(?:py|json|conf))`", holds):  # files named in the description
                 assert list(folder.rglob(name)), (where, name)
+
+
+def test_readme_image2d_commands_are_the_tested_ones():
+    """The README's 2D commands are the ones the image2d end-to-end test runs, and every config it names exists."""
+    from test_image2d_e2e import EVAL, TRAIN
+
+    for configs in (TRAIN, EVAL):
+        assert f'--config_file "{configs.replace("configs/", "bundle/configs/")}"' in README
+    named = set(re.findall(r"bundle/configs/([a-z0-9_]+\.json)", README))
+    assert "image2d.json" in named
+    for name in named:
+        assert (REPO / "bundle" / "configs" / name).is_file(), name
+    for factory in re.findall(r"`(get_image2d_\w+|SaveMaskPNGd|SaveMapTIFFd)`", README):  # named components exist
+        import medsegdiff_monai.transforms as transforms
+
+        assert hasattr(transforms, factory), factory
