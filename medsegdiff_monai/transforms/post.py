@@ -2,15 +2,19 @@
 # Licensed under the Apache License, Version 2.0
 """Post-processing components of the bundle's evaluation and inference: masks from probabilities, case files.
 
-``evaluate.json`` post-processes each case in six named steps::
+``evaluate.json`` post-processes each case in seven named steps::
 
     FlattenSubKeysd (pred -> pred_fused, pred_uncertainty) -> SaveOverlayd (network space)
-    -> Invertd (input geometry) -> ThresholdToMaskd (pred_fused -> pred_mask, what the metrics read)
-    -> SaveSegmentationd (pred_mask -> <case>_seg.nii.gz) -> SaveCased (pred_uncertainty -> <case>_uncertainty.nii.gz)
+    -> Invertd (input geometry) -> CopyItemsd (label_original -> label_eval)
+    -> ThresholdToMaskd (pred_fused -> pred_mask) -> SaveSegmentationd (pred_mask -> <case>_seg.nii.gz)
+    -> SaveCased (pred_uncertainty -> <case>_uncertainty.nii.gz)
 
 and ``inference.json`` in two (``Invertd`` -> ``SaveSegmentationd``). The metrics compare ``pred_mask`` with
-the ``label_original`` that the preprocessing kept (``get_eval_transforms(original_label_key=...)``), so no key
-is copied back or deleted. Every case file is named by :func:`medsegdiff_monai.data.case_name_formatter`.
+``label_eval``, the copy of the ``label_original`` that the preprocessing kept
+(``get_eval_transforms(original_label_key=...)``): MONAI's engines keep the keys of the loaded batch apart from
+the engine's output (``monai.engines.utils.engine_apply_transform``) and metric handlers read only the output, so
+the kept label is copied once under a new name; nothing is deleted or renamed. Every case file is named by
+:func:`medsegdiff_monai.data.case_name_formatter`.
 
 The 2D overlay (``image2d.json``) uses the same steps with the image writers: :class:`SaveMaskPNGd`
 (``pred_mask`` -> ``<image>_seg.png`` at the image's own size) instead of ``SaveSegmentationd``, and
