@@ -100,6 +100,18 @@ def test_train_test_subfolders_keep_their_split_and_draw_validation_seeded(tmp_p
     assert {c["case_id"] for c in other["validation"]} != {c["case_id"] for c in first["validation"]}
 
 
+def test_flat_folders_split_seeded(tmp_path):
+    _pairs(tmp_path, [f"p{i:02d}" for i in range(20)], mask_suffix="_Segmentation")
+    first = build_datalist(tmp_path, val_fraction=0.2, test_fraction=0.1, seed=3)
+    assert first == build_datalist(tmp_path, val_fraction=0.2, test_fraction=0.1, seed=3)  # same seed, same split
+    assert [len(first[k]) for k in ("training", "validation", "test")] == [14, 4, 2]
+    assert first["split"]["by"] == "case (patient)" and first["split"]["seed"] == 3
+    ids = [c["case_id"] for k in ("training", "validation", "test") for c in first[k]]
+    assert sorted(ids) == [f"p{i:02d}" for i in range(20)]  # every image once
+    other = build_datalist(tmp_path, val_fraction=0.2, test_fraction=0.1, seed=4)
+    assert {c["case_id"] for c in other["validation"]} != {c["case_id"] for c in first["validation"]}
+
+
 def test_nested_subfolders_and_masks_in_another_format(tmp_path):
     """REFUGE-like: images in category subfolders (jpg), masks as bmp in matching subfolders."""
     for sub, n in (("Glaucoma", "g0001"), ("Non-Glaucoma", "n0001")):
