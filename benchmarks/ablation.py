@@ -20,6 +20,10 @@ Usage::
 
     python benchmarks/ablation.py --budget 150 --seeds 0 1 2      # ~40 min on 2 cores; docs/ablation.{md,json,png}
     python benchmarks/ablation.py --from_json docs/ablation.json  # re-render
+    # keep the models, then sampling steps against Dice on real MRI for one of them:
+    python benchmarks/ablation.py --work_dir /tmp/abl --keep_runs
+    python benchmarks/steps_vs_accuracy.py --bundle_dir /tmp/abl/02/run \\
+        --configs /tmp/abl/02/run/configs/demo.json /tmp/abl/02/run/configs/benchmark_overrides.json
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ sys.path.insert(0, str(BENCH))
 import monai  # noqa: E402
 
 import medsegdiff_monai  # noqa: E402
-from quality import CpuShare, _fmt, _summary, cpu_model, parse_sets, prepare_work, run_bundle_recipe  # noqa: E402
+from quality import (  # noqa: E402
+    CONFIGS, CpuShare, _common_overrides, _fmt, _summary, cpu_model, parse_sets, prepare_work, run_bundle_recipe,
+)
 from quality_data import DEFAULT_CACHE_DIR  # noqa: E402
 
 __all__ = ["VARIANTS", "summarize", "to_markdown", "main"]
@@ -150,6 +156,15 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def keep_run(run_dir: Path, root: Path, size: int, extra: dict[str, Any], seed: int) -> None:
+    """Make a finished run's folder a bundle ``benchmarks/steps_vs_accuracy.py`` can load: the bundle's configs and
+    ``configs/benchmark_overrides.json`` (the data, folders, size, seed and variant of the run) next to its
+    ``models/model.pt``."""
+    shutil.copytree(CONFIGS, run_dir / "configs", dirs_exist_ok=True)
+    overrides = _common_overrides(root, run_dir, size, extra, seed)
+    (run_dir / "configs" / "benchmark_overrides.json").write_text(json.dumps(overrides, indent=4) + "\n")
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     work, root, datalist = prepare_work(args, "medsegdiff-ablation-")
@@ -187,7 +202,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"  {row['steps']} steps, Dice {dice:.4f}; other processes used {100 * share.others:.0f}% of the "
                   "CPUs", flush=True)
             (work / "ablation.partial.json").write_text(json.dumps(report, indent=2))
-            shutil.rmtree(run_work, ignore_errors=True)
+            if args.keep_runs:  # a loadable bundle: configs + this run's overrides + models/model.pt
+                keep_run(run_work / "run", root, args.size, {**VARIANTS[name], **args.overrides}, seed)
+                report["runs"][-1]["bundle_dir"] = str(run_work / "run")
+            else:
+                shutil.rmtree(run_work, ignore_errors=True)
     report["summary"] = summarize(report["runs"])
     if not args.work_dir:
         shutil.rmtree(work, ignore_errors=True)
@@ -206,12 +225,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR), help="where the nilearn wheel is kept")
     p.add_argument("--work_dir", default=None, help="keep the data and partial results here")
+    p.add_argument("--keep_runs", action="store_true",
+                   help="keep every run's model as a loadable bundle under --work_dir (for steps_vs_accuracy.py)")
     p.add_argument("--out_dir", default=str(REPO / "docs"))
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="more bundle overrides for every variant (VALUE is JSON, else a string)")
     p.add_argument("--from_json", default=None, help="re-render the markdown and plot of a report")
     args = p.parse_args(argv)
     args.overrides = parse_sets(p, args.sets)
+    if args.keep_runs and not args.work_dir:
+        p.error("--keep_runs needs --work_dir (where the runs are kept)")
     report = json.loads(Path(args.from_json).read_text()) if args.from_json else run(args)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -48,3 +48,22 @@ def test_variants_switch_the_network_arguments():
         has_parser = any(type(m).__name__ == "FFParser" for m in net.modules())
         assert has_fusion == kwargs.get("dynamic_conditioning", True)
         assert has_parser == (has_fusion and kwargs.get("ff_parser", True))
+
+
+def test_a_kept_run_is_a_bundle_that_builds_the_variant_it_trained(tmp_path):
+    from monai.bundle import ConfigParser
+
+    from medsegdiff_monai.networks.blocks import FFParser
+
+    run_dir = tmp_path / "03" / "run"
+    ablation.keep_run(run_dir, tmp_path / "data", 64, ablation.VARIANTS["+ dynamic conditioning"], seed=2)
+    parser = ConfigParser()
+    parser.read_config([str(run_dir / "configs" / n) for n in ("train.json", "demo.json", "benchmark_overrides.json")])
+    assert parser["seed"] == 2 and parser["spatial_size"] == [64, 64]
+    assert parser["bundle_root"] == str(run_dir) and parser["ckpt_dir"] == str(run_dir / "models")
+    assert parser["data_list_file_path"] == str(tmp_path / "data" / "datalist.json")
+    network = parser.get_parsed_content("network")
+    assert not any(isinstance(m, FFParser) for m in network.modules())  # the variant's switch, not the default
+    parser["network_def"]["network"].pop("ff_parser")
+    parser.parse()
+    assert any(isinstance(m, FFParser) for m in parser.get_parsed_content("network").modules())
