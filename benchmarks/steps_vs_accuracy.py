@@ -41,6 +41,7 @@ from monai.bundle import ConfigParser  # noqa: E402
 import medsegdiff_monai  # noqa: E402
 from medsegdiff_monai.inferers import DiffusionSegInferer  # noqa: E402
 from medsegdiff_monai.networks.schedulers import SamplerType  # noqa: E402
+from medsegdiff_monai.utils import load_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,12 +52,16 @@ def load_bundle(bundle_dir: Path, configs: list[str], untrained: bool = False) -
     parser.read_config([str(bundle_dir / "configs" / "train.json"), *configs])
     parser["bundle_root"] = str(bundle_dir)
     parser.parse()
+    parser.get_parsed_content("prepare_data")  # the datalist, as the bundle's `initialize` writes it (if missing)
     network = parser.get_parsed_content("network")
     if not untrained:
         ckpt = bundle_dir / "models" / "model.pt"
         if not ckpt.is_file():
             raise SystemExit(f"no trained weights at {ckpt}: train the bundle first (see the module docstring)")
-        network.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+        state = load_checkpoint(ckpt, map_location="cpu")
+        # the bundle's best-model saver writes the bare state dict, benchmarks/quality_handlers.py {"model": ...}
+        # (both are what MONAI's CheckpointLoader reads with load_dict={"model": network})
+        network.load_state_dict(state["model"] if isinstance(state.get("model"), dict) else state)
     network.eval()
     return parser
 
