@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import monai  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
@@ -42,6 +43,7 @@ import medsegdiff_monai  # noqa: E402
 from medsegdiff_monai.inferers import DiffusionSegInferer  # noqa: E402
 from medsegdiff_monai.networks.schedulers import SamplerType  # noqa: E402
 from medsegdiff_monai.utils import load_checkpoint  # noqa: E402
+from speed_harness import machine_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,8 +139,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/steps_vs_accuracy.py " + " ".join(sys.argv[1:]),
         "versions": {"torch": torch.__version__, "monai": monai.__version__, "python": platform.python_version()},
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, "
-                   f"{torch.get_num_threads()} torch threads",
+        "machine": "{cpu_model} (flags {flags}), {logical_cpus} logical CPUs, {threads} torch threads".format(
+            **{**machine_info(torch.get_num_threads()), "flags": ", ".join(machine_info(1)["cpu_flags"])}),
+        "splits": list(args.splits),
         "bundle": {"configs": ["train.json", *[Path(c).name for c in args.configs]],
                    "preset": parser.get_parsed_content("preset"),
                    "spatial_size": list(parser.get_parsed_content("spatial_size")),
@@ -188,8 +191,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"- model: the bundle's `models/model.pt` trained with {' + '.join(b['configs'])} (preset {b['preset']}, "
         f"{b['spatial_size'][0]}x{b['spatial_size'][1]}, regions {b['regions']}, "
         f"{b['num_train_timesteps']} training timesteps)",
-        f"- data: {len(report['slices'])} axial slices of the validation and test cases (at interior quantiles of the "
-        "slices with tumour, plus one without), preprocessed as the bundle's evaluation does",
+        f"- data: {len(report['slices'])} axial slices of the {' and '.join(report.get('splits', ['validation', 'test']))} "
+        "cases (at interior quantiles of the slices with tumour, plus one without), preprocessed as the bundle's "
+        "evaluation does",
         f"- ensemble of {report['num_ensemble']} members batched, mean fused, threshold {report['threshold']}, "
         f"seed {report['seed']}; Dice pooled over the slice set; time = wall time per slice for the whole ensemble",
         "",
