@@ -29,11 +29,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -47,11 +44,8 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
-import monai  # noqa: E402
-
-import medsegdiff_monai  # noqa: E402
 from quality import (  # noqa: E402
-    CONFIGS, CpuShare, _common_overrides, _fmt, _summary, cpu_model, parse_sets, prepare_work, run_bundle_recipe,
+    CONFIGS, CpuShare, _common_overrides, _fmt, _summary, parse_sets, prepare_work, report_header, run_bundle_recipe,
 )
 from quality_data import DEFAULT_CACHE_DIR  # noqa: E402
 
@@ -169,11 +163,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     work, root, datalist = prepare_work(args, "medsegdiff-ablation-")
     report: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/ablation.py " + " ".join(sys.argv[1:]),
-        "versions": {"torch": torch.__version__, "monai": monai.__version__, "python": platform.python_version(),
-                     "medsegdiff_monai": medsegdiff_monai.__version__},
-        "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": args.threads,
+        **report_header("ablation.py", args.threads),
         "budget": args.budget, "seeds": args.seeds, "size": args.size, "preset": "XS",
         "data": {"source": datalist["source"], "block_size": args.block_size, "gap": args.gap,
                  "num": {k: datalist[f"num{k.capitalize()}"] for k in ("training", "validation", "test")}},

@@ -22,10 +22,8 @@ import datetime
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
+from quality import _bundle_cmd, _run  # noqa: E402
 from speed_harness import machine_info  # noqa: E402
 
 __all__ = ["METRIC_NAMES", "read_metrics", "update_metadata", "main"]
@@ -66,17 +65,6 @@ def update_metadata(metadata_file: Path, metrics: dict[str, float]) -> None:
     os.replace(tmp, metadata_file)
 
 
-def _bundle(bundle: Path, threads: int, *args: str) -> float:
-    t0 = time.perf_counter()
-    log = bundle / f"{args[1]}.log"
-    with open(log, "w") as f:
-        done = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=bundle, stdout=f,
-                              stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-    if done.returncode != 0:
-        raise RuntimeError(f"monai.bundle {' '.join(args[:2])} failed; see {log}:\n{log.read_text()[-3000:]}")
-    return time.perf_counter() - t0
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bundle_dir", default=None, help="a trained bundle copy (default: train the demo in a new one)")
@@ -94,13 +82,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         bundle = Path(tempfile.mkdtemp(prefix="medsegdiff-metrics-")) / "bundle"
         shutil.copytree(REPO / "bundle", bundle, ignore=shutil.ignore_patterns("data", "eval", "logs", "predictions",
                                                                                "*.pt"))
+    configs = [str(bundle / c) for c in DEMO_CONFIGS]
+    if not args.bundle_dir:
         print(f"training the demo recipe in {bundle} ...", flush=True)
-        report["train_seconds"] = round(_bundle(bundle, args.threads, "run", "training", "--config_file",
-                                                str(DEMO_CONFIGS)), 1)
+        report["train_seconds"] = round(_run(_bundle_cmd("training", configs, {"bundle_root": str(bundle)}),
+                                             bundle / "training.log", args.threads, timeout=7200), 1)
     print(f"evaluating the {args.split} split ...", flush=True)
-    report["eval_seconds"] = round(_bundle(bundle, args.threads, "run", "evaluating", "--config_file",
-                                           str([*DEMO_CONFIGS, "configs/evaluate.json"]), "--eval_split", args.split),
-                                   1)
+    report["eval_seconds"] = round(_run(_bundle_cmd("evaluating", [*configs, str(bundle / "configs" / "evaluate.json")],
+                                                    {"bundle_root": str(bundle), "eval_split": args.split}),
+                                        bundle / "evaluating.log", args.threads, timeout=3600), 1)
     datalist = json.loads((bundle / "data" / "datalist.json").read_text())
     report["data"] = {
         "name": "the bundle's synthetic demo data (medsegdiff_monai.data.make_demo_data via prepare_datalist, seed 0)",

@@ -82,8 +82,9 @@ from monai.transforms import Invertd  # noqa: E402
 
 import medsegdiff_monai  # noqa: E402
 from quality_data import DEFAULT_CACHE_DIR, prepare_mni_cases  # noqa: E402
+from speed_harness import cpu_model  # noqa: E402
 
-__all__ = ["score_volume", "train_baseline", "run_bundle_recipe", "parse_sets", "prepare_work", "main"]
+__all__ = ["score_volume", "train_baseline", "run_bundle_recipe", "parse_sets", "prepare_work", "report_header", "main"]
 
 BASELINES = ("basicunet", "segresnet")
 #: recipe name -> bundle config files (relative to the bundle's configs folder)
@@ -133,16 +134,15 @@ def _summary(values: list[float]) -> dict[str, float | int]:
 
 
 # --------------------------------------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    """The CPU model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-        if m:
-            return m.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def report_header(script: str, threads: int) -> dict[str, Any]:
+    """The fields every report of these benchmarks starts with: date, command, versions and the machine."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": f"python benchmarks/{script} " + " ".join(sys.argv[1:]),
+        "versions": {"torch": torch.__version__, "monai": monai.__version__, "python": platform.python_version(),
+                     "medsegdiff_monai": medsegdiff_monai.__version__},
+        "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": threads,
+    }
 
 
 def _busy_jiffies() -> int | None:
@@ -519,11 +519,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
           f"({datalist['numTraining']} training, {datalist['numValidation']} validation, {datalist['numTest']} test)",
           flush=True)
     report: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python benchmarks/quality.py " + " ".join(sys.argv[1:]),
-        "versions": {"torch": torch.__version__, "monai": monai.__version__, "python": platform.python_version(),
-                     "medsegdiff_monai": medsegdiff_monai.__version__},
-        "cpu": cpu_model(), "logical_cpus": os.cpu_count(), "torch_threads": args.threads,
+        **report_header("quality.py", args.threads),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "load_average_before": [round(v, 2) for v in os.getloadavg()],
         "size": args.size, "short": bool(args.short), "bundle_overrides": args.overrides,

@@ -36,6 +36,7 @@ __all__ = [
     "profile_call",
     "start_fork_server",
     "run_isolated",
+    "cpu_model",
     "machine_info",
 ]
 
@@ -261,25 +262,31 @@ def run_isolated(ctx: Any, runner: Callable[[dict[str, Any]], dict[str, Any]], c
 
 
 # ---------------------------------------------------------------------------------------------------- machine
-def machine_info(threads: int) -> dict[str, Any]:
-    """Date, library versions, CPU model and its relevant instruction sets, threads, load average."""
-    cpu_model, flags = platform.processor() or platform.machine(), set()
+def _cpuinfo_field(name: str) -> str | None:
+    """A field of the first CPU in ``/proc/cpuinfo`` (None where there is none, e.g. off Linux)."""
     try:
         with open("/proc/cpuinfo") as f:
-            text = f.read()
-        m = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-        cpu_model = m.group(1).strip() if m else cpu_model
-        m = re.search(r"^flags\s*:\s*(.+)$", text, re.MULTILINE)
-        flags = set(m.group(1).split()) if m else set()
+            m = re.search(rf"^{name}\s*:\s*(.+)$", f.read(), re.MULTILINE)
     except OSError:
-        pass
+        return None
+    return m.group(1).strip() if m else None
+
+
+def cpu_model() -> str:
+    """The CPU model name from ``/proc/cpuinfo`` (``platform.processor()`` elsewhere)."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+
+
+def machine_info(threads: int) -> dict[str, Any]:
+    """Date, library versions, CPU model and its relevant instruction sets, threads, load average."""
+    flags = set((_cpuinfo_field("flags") or "").split())
     load = [round(v, 2) for v in os.getloadavg()]
     return {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "monai": monai.__version__,
         "python": platform.python_version(),
-        "cpu_model": cpu_model,
+        "cpu_model": cpu_model(),
         "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}),
         "logical_cpus": os.cpu_count(),
         "threads": threads,

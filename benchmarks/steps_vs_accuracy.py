@@ -135,12 +135,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{sampler:>8} {steps:>5} steps: Dice {rows[-1]['mean_dice']:.4f}, "
                   f"{rows[-1]['seconds_per_slice']:.3f} s per slice ({num_ensemble} members)", flush=True)
 
+    machine = machine_info(torch.get_num_threads())
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/steps_vs_accuracy.py " + " ".join(sys.argv[1:]),
         "versions": {"torch": torch.__version__, "monai": monai.__version__, "python": platform.python_version()},
         "machine": "{cpu_model} (flags {flags}), {logical_cpus} logical CPUs, {threads} torch threads".format(
-            **{**machine_info(torch.get_num_threads()), "flags": ", ".join(machine_info(1)["cpu_flags"])}),
+            **dict(machine, flags=", ".join(machine["cpu_flags"]))),
         "splits": list(args.splits),
         "bundle": {"configs": ["train.json", *[Path(c).name for c in args.configs]],
                    "preset": parser.get_parsed_content("preset"),
