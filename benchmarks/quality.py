@@ -551,12 +551,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                 timing_volumes=args.timing_volumes, extra_overrides=args.overrides)
             except Exception as e:  # keep the other methods' results; the failure is reported in the table
                 print(f"  FAILED: {type(e).__name__}: {e}", flush=True)
-                report["rows"].append({"method": method, "label": args.label, "budget": budget, "error": f"{type(e).__name__}: {e}"[:2000]})
+                label = "" if method in BASELINES else args.label  # --label/--set name recipe variants only
+                report["rows"].append({"method": method, "label": label, "budget": budget, "error": f"{type(e).__name__}: {e}"[:2000]})
                 continue
             dice = _summary([c["dice"] for c in row["cases"]])
             hd95 = _summary([c["hd95"] for c in row["cases"]])
             infer = _summary([c["infer_seconds"] for c in row["cases"]])
-            row = {"method": method, "label": args.label, "budget": budget,
+            row = {"method": method, "label": "" if method in BASELINES else args.label, "budget": budget,
                    "overrides": {} if method in BASELINES else args.overrides, **row, "dice": dice, "hd95": hd95, "infer_seconds": infer,
                    "other_processes_cpu_share": share.others}
             report["rows"].append(row)
@@ -701,7 +702,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
     methods = list(dict.fromkeys(_method_text(r) for r in report["rows"]))
     budgets = list(dict.fromkeys(r["budget"] for r in report["rows"]))
     width = 0.8 / max(len(methods), 1)
-    fig, ax = plt.subplots(figsize=(4.5 + 1.4 * len(budgets) * max(len(methods), 1) * 0.5, 3.6))
+    import textwrap
+
+    # the legend goes below the axes, wrapped: variant names are long and would be cut at the right margin
+    fig, ax = plt.subplots(figsize=(4.5 + 1.4 * len(budgets) * max(len(methods), 1) * 0.5, 3.6 + 0.3 * len(methods)))
     for i, m in enumerate(methods):
         xs, ys, es = [], [], []
         for j, b in enumerate(budgets):
@@ -710,13 +714,13 @@ def plot(report: dict[str, Any], path: Path) -> None:
                 xs.append(j + (i - (len(methods) - 1) / 2) * width)
                 ys.append(r["dice"]["mean"])
                 es.append(r["dice"]["sd"])
-        ax.bar(xs, ys, width, yerr=es, capsize=3, label=_METHOD_TEXT.get(m, m))
+        ax.bar(xs, ys, width, yerr=es, capsize=3, label=textwrap.fill(_METHOD_TEXT.get(m, m), 90))
     ax.set_xticks(range(len(budgets)))
     ax.set_xticklabels([f"{b:g} s" for b in budgets])
     ax.set_ylabel("Dice per test block")
     ax.set_ylim(0, 1)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1, frameon=False)
     ax.set_title(f"Grey matter on MNI152 T1 blocks, {report['size']}x{report['size']}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -8,7 +8,8 @@ Measured for every model, input size and setting, each in a fresh process:
   the scheduler, call the network with the image as condition) -> ``MSELoss`` against the noise -> ``backward`` ->
   ``torch.optim.AdamW.step``, in the order of ``monai.engines.SupervisedTrainer``; batch 2;
 - sampling: ``DiffusionSegmenter`` segmenting ONE slice with the whole ensemble (5 members) batched, with the
-  bundle's default sampler (5 DDPM steps; ``--sampler``, ``--steps``); the time per step is reported too (other step counts scale linearly);
+  per-slice target's sampler (5 DDPM steps, 5 members; ``--sampler``, ``--steps``, ``--ensemble``; the bundle now
+  samples 2 steps x 2 members, see ``volume.py``); the time per step is reported too (other step counts scale linearly);
 - peak memory: growth of the process's resident set over the measurement (see ``MEMORY_NOTE``).
 
 Models: the MedSegDiffUNet presets XS, S, B (dual encoder, image as ``context``) and, as the baseline, MONAI's
@@ -88,7 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="also measure each setting with torch.compile")
     parser.add_argument("--malloc-tuned", action="store_true", help="also measure each setting with mallopt tuning")
     parser.add_argument("--steps", type=int, default=5,
-                        help="sampling steps (default 5, the bundle's default; time is linear in the steps)")
+                        help="sampling steps (default 5, the per-slice target's; time is linear in the steps)")
     parser.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm",
                         help="sampler of the sampling measurement (default ddpm, the bundle's default)")
     parser.add_argument("--ensemble", type=int, default=5, help="ensemble members (default 5)")

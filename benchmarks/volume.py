@@ -6,14 +6,16 @@ One synthetic BraTS-size case (240x240x155, four modalities, a brain of realisti
 ``medsegdiff_monai.data.make_demo_data`` at that size) is segmented with ``bundle/configs/inference.json`` exactly as
 ``python -m medsegdiff_monai predict`` runs it (``ConfigWorkflow``: load -> crop -> resize to 256x256 -> normalise ->
 ``DiffusionSegInferer`` slice by slice -> invert -> label map -> ``SaveImaged``), with preset B and the bundle's
-default sampler (5 DDPM steps, 5 members), in each precision/layout setting. Measured per setting:
+default sampler (its steps and members from ``inference.json``), in each precision/layout setting; ``auto-cl`` is
+the bundle's default (``amp_dtype: "auto"``: bfloat16 only where a timed first call shows it faster). Measured per
+setting:
 
-- seconds per case, and its shares: data loading (reading and preprocessing), network (time inside the network's
+- seconds per case end to end (building the workflow and loading the checkpoint included), and its shares: data loading (reading and preprocessing), network (time inside the network's
   forward calls), sampler loop without the network (noise, updates, slicing, fusion), post-processing (inverting
   the preprocessing, label map) and writing (``SaveImaged``);
 - achieved GFLOP/s of the network calls (FLOPs counted with ``torch.utils.flop_counter.FlopCounterMode``) against
   the convolution limit measured on the same machine (a big 3x3 ``conv2d`` timed alone, per precision);
-- what sharing the member-independent image features saves (one network call of one slice x 5 members, with and
+- what sharing the member-independent image features saves (one network call of one slice x the members, with and
   without ``context_repeats``);
 - the Dice of each setting's written segmentation against the float32 one (the precision's effect on results).
 
@@ -26,8 +28,9 @@ the intact case; the report says so. Data loading is also timed on the intact ca
 
 Usage::
 
-    python benchmarks/volume.py                      # full case, float32 and bfloat16 (long on 2 cores)
+    python benchmarks/volume.py                      # full case, float32 and the default (auto) precision
     python benchmarks/volume.py --max-slices 16      # 16 slices measured, extrapolated to the whole case
+    python benchmarks/volume.py --num_ensemble 1 --settings auto-cl --out-dir docs/volume_speed_1member
     python benchmarks/volume.py --short              # tiny case and model: a code check in seconds (a test runs it)
 """
 
@@ -69,8 +72,9 @@ SETTINGS = {  # label -> (amp_dtype, channels_last)
     "fp32": (None, False),
     "bf16-cl": ("bfloat16", True),
     "bf16": ("bfloat16", False),
+    "auto-cl": ("auto", True),  # the bundle's default: inference.json "amp_dtype": "auto"
 }
-DEFAULT_SETTINGS = ("fp32-cl", "bf16-cl", "bf16")
+DEFAULT_SETTINGS = ("fp32-cl", "auto-cl")
 
 
 # ------------------------------------------------------------------------------------------------- machine
@@ -283,6 +287,9 @@ def run_setting(cases: list[dict], ckpt: Path, out_dir: Path, amp_dtype: str | N
     workflow.finalize()
     h1.remove()
     h2.remove()
+    # amp_dtype "auto": what the timed first call chose (DiffusionSegmenter.autocast_choices)
+    choices = getattr(getattr(evaluator.inferer, "_segmenter", None), "autocast_choices", {}) or {}
+    chosen = next(iter(choices.values()), None)
     per_row, per_image = flops
     flop_total = counts["rows"] * per_row + counts["images"] * per_image
     sampler_other = acc["sampling_s"] - acc["network_s"]
@@ -301,6 +308,8 @@ def run_setting(cases: list[dict], ckpt: Path, out_dir: Path, amp_dtype: str | N
         "network_rows": counts["rows"],
         "gflop": flop_total / 1e9,
         "network_gflops": flop_total / acc["network_s"] / 1e9 if acc["network_s"] > 0 else None,
+        "precision_used": None if chosen is None else (chosen["dtype"] or "float32"),
+        "auto_probe_s": None if chosen is None else chosen["times"],
     }
 
 
@@ -360,14 +369,14 @@ def to_markdown(report: dict[str, Any]) -> str:
             "",
         ]
     lines += [
-        "| setting | s / case | measured s | load | network | sampler (non-network) | post-processing | writing | "
+        "| setting | precision | s / case | measured s | load | network | sampler (non-network) | post-processing | writing | "
         "other (engine start, checkpoint) | network GFLOP/s | conv limit GFLOP/s | Dice vs fp32 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in report["results"].items():
         per_case = r["per_case_s"]
         lines.append(
-            f"| {label} | **{per_case:.0f}** | {r['total_s']:.1f} | {_pct(r['load_s'], r['total_s'])} | "
+            f"| {label} | {r['precision_used']} | **{per_case:.0f}** | {r['total_s']:.1f} | {_pct(r['load_s'], r['total_s'])} | "
             f"{_pct(r['network_s'], r['total_s'])} | {_pct(r['sampler_other_s'], r['total_s'])} | "
             f"{_pct(r['postprocess_s'], r['total_s'])} | {_pct(r['write_s'], r['total_s'])} | "
             f"{_pct(r['other_s'], r['total_s'])} | {r['network_gflops']:.0f} | {r['conv_limit_gflops']:.0f} | "
@@ -375,7 +384,9 @@ def to_markdown(report: dict[str, Any]) -> str:
         )
     lines += [
         "",
-        "Shares are of the measured run. load: reading the four NIfTI files and preprocessing; network: inside the "
+        "s / case: end to end, from building the workflow to the written files (parsing and network set-up "
+        "included). Shares are of the measured run. precision: what the network ran in (auto: chosen by timing one "
+        "call in float32 and bfloat16 at the first call). load: reading the four NIfTI files and preprocessing; network: inside the "
         "network's forward calls; sampler: the rest of the inferer (noise, updates, slicing, fusion); "
         "post-processing: inverting the preprocessing and the label map; writing: `SaveImaged`. Network GFLOP/s: "
         "FLOPs of all network calls (`FlopCounterMode`) / network time; conv limit: the big 3x3 conv2d below, "
@@ -448,6 +459,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-slices", type=int, default=None, help="sample only the central N brain slices, extrapolate")
     p.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(DEFAULT_SETTINGS),
                    help=f"precision/layout settings (default {' '.join(DEFAULT_SETTINGS)})")
+    p.add_argument("--num_ensemble", type=int, default=None, help="members per slice (default: the bundle's)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats of the micro-benchmarks (default 3)")
     p.add_argument("--out-dir", default=str(REPO / "docs"), help="where volume_speed.md/.json go (default docs/)")
@@ -466,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, Any] = {"preset": preset, "spatial_size": size}
     if steps is not None:
         overrides.update(num_inference_steps=steps, num_ensemble=members)
+    if args.num_ensemble is not None:
+        overrides["num_ensemble"] = args.num_ensemble
     report: dict[str, Any] = {"machine": machine_info(args.threads), "command": command.strip(), "short": args.short}
     with tempfile.TemporaryDirectory(prefix="volume_speed_") as tmp:
         tmp_path = Path(tmp)
@@ -508,8 +522,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{label}: segmenting ...", flush=True)
             r = run_setting(run_cases, ckpt, out_dir, amp, cl, overrides, flops)
             per_slice_work = r["network_s"] + r["sampler_other_s"]
-            r["per_case_s"] = r["total_s"] + per_slice_work * (report["slice_factor"] - 1.0)
-            r["conv_limit_gflops"] = limit["bfloat16" if amp else "float32"]
+            # end to end: building the workflow (parsing, network) + the run, the missing slices extrapolated
+            r["per_case_s"] = r["setup_s"] + r["total_s"] + per_slice_work * (report["slice_factor"] - 1.0)
+            r["precision_used"] = r.pop("precision_used", None) or ("bfloat16" if amp else "float32")
+            r["conv_limit_gflops"] = limit[r["precision_used"]]
             r["seg_file"] = str(next(out_dir.glob("*_seg.nii.gz")))
             results[label] = r
             print(f"{label}: {r['total_s']:.1f} s measured, {r['per_case_s']:.1f} s per case", flush=True)

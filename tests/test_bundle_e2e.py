@@ -143,7 +143,10 @@ def test_cli_predict_on_unlabeled_cases(trained, tmp_path):
 
 
 def test_inference_is_reproducible_per_case(trained, tmp_path):
-    """With the bundle's seed, a case's prediction is the same alone, with other cases, and in any order."""
+    """With the bundle's seed, a case's prediction is the same alone, with other cases, and in any order.
+
+    In float32: the default precision "auto" picks bfloat16 by a timing, so only float32 is bit-reproducible (README).
+    """
     bundle, _ = trained
     cases = ["BraTS2021_00000", "BraTS2021_00003", "BraTS2021_00005"]
     runs = {"forward": cases, "reversed": cases[::-1], "alone": cases[1:2]}
@@ -156,7 +159,7 @@ def test_inference_is_reproducible_per_case(trained, tmp_path):
         listing.write_text(json.dumps(items))
         run_bundle(bundle, "run", "--config_file", "['configs/inference.json','configs/demo.json']",
                    "--datalist", f"$__import__('json').load(open('{listing}'))",
-                   "--output_dir", str(tmp_path / name))
+                   "--output_dir", str(tmp_path / name), "--amp_dtype", "$None")
 
     def seg(name, case):
         return np.asarray(nib.load(tmp_path / name / f"{case}_seg.nii.gz").dataobj)
@@ -223,6 +226,7 @@ def test_ckpt_export_torchscript_loads_and_matches(trained, tmp_path, sampler):
     parser["bundle_root"] = str(bundle)
     if sampler is not None:
         parser["sampler"] = sampler
+    parser["amp_dtype"] = None  # the scripted module runs in float32 ("auto" is eager-only): compare like with like
     eager = parser.get_parsed_content("network_def")
     assert eager.sampler == (sampler or parser["sampler"])
     eager.load_state_dict(torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True))

@@ -5,6 +5,7 @@ from .checkpoint import CheckpointError, check_checkpoint, load_checkpoint
 from .checkpoint_lookup import latest_checkpoint
 from .data_preparation import prepare_datalist
 from .distributed import barrier, is_rank0
+from .malloc import keep_freed_memory
 from .precision import AUTO_MIN_SPEEDUP, time_autocast
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "barrier",
     "check_checkpoint",
     "is_rank0",
+    "keep_freed_memory",
     "latest_checkpoint",
     "load_checkpoint",
     "look_up_named_option",
