@@ -21,7 +21,7 @@ def test_readme_python_quick_start_runs():
     prob, out = namespace["prob"], namespace["out"]
     assert prob.shape == (1, 1, 64, 64) and 0.0 <= float(prob.min()) and float(prob.max()) <= 1.0
     assert set(out) >= {"prob", "mask", "uncertainty", "samples"}
-    assert out["samples"].shape == (1, 5, 1, 64, 64)
+    assert out["samples"].shape == (1, 2, 1, 64, 64)
     assert torch.equal(out["prob"], prob)  # seeded: the same ensemble twice
     assert namespace["trainer"].state.iteration == 1
 
