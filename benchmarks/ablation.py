@@ -48,6 +48,7 @@ from quality import (  # noqa: E402
     CONFIGS, CpuShare, _common_overrides, _fmt, _summary, parse_sets, prepare_work, report_header, run_bundle_recipe,
 )
 from quality_data import DEFAULT_CACHE_DIR  # noqa: E402
+from report_files import write_report_files  # noqa: E402
 
 __all__ = ["VARIANTS", "summarize", "to_markdown", "main"]
 
@@ -226,11 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.keep_runs and not args.work_dir:
         p.error("--keep_runs needs --work_dir (where the runs are kept)")
     report = json.loads(Path(args.from_json).read_text()) if args.from_json else run(args)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "ablation.md").write_text(to_markdown(report))
-    plot(report, out / "ablation.png")
+    write_report_files(args.out_dir, "ablation", report, to_markdown(report), plot)
     print(to_markdown(report))
     return 0
 

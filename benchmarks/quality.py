@@ -82,6 +82,7 @@ from monai.transforms import Invertd  # noqa: E402
 
 import medsegdiff_monai  # noqa: E402
 from quality_data import DEFAULT_CACHE_DIR, prepare_mni_cases  # noqa: E402
+from report_files import write_report_files  # noqa: E402
 from speed_harness import cpu_model  # noqa: E402
 
 __all__ = ["score_volume", "train_baseline", "run_bundle_recipe", "parse_sets", "prepare_work", "report_header", "main"]
@@ -767,11 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads(Path(args.from_json).read_text())
     else:
         report = run(args)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "quality.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "quality.md").write_text(to_markdown(report))
-    plot(report, out / "quality.png")
-    print(f"wrote {out / 'quality.md'}, .json and .png")
+    write_report_files(out, "quality", report, to_markdown(report), plot)
     return 0
 
 

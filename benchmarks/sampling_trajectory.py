@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 from pathlib import Path
@@ -37,6 +36,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from report_files import write_report_files  # noqa: E402
 from speed_harness import machine_info  # noqa: E402
 from steps_vs_accuracy import REPO, load_bundle, pick_slices, pooled_dice  # noqa: E402
 
@@ -218,12 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.steps, args.slices_per_case, args.num_ensemble, args.levels = [2, 3], 1, 2, [999, 500, 5]
     report = run(args)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "sampling_trajectory.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "sampling_trajectory.md").write_text(to_markdown(report))
-    plot(report, out / "sampling_trajectory.png")
-    print(f"wrote {out / 'sampling_trajectory.md'}, .json and .png")
+    write_report_files(args.out_dir, "sampling_trajectory", report, to_markdown(report), plot)
     return 0
 
 

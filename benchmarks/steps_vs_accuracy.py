@@ -43,6 +43,7 @@ import medsegdiff_monai  # noqa: E402
 from medsegdiff_monai.inferers import DiffusionSegInferer  # noqa: E402
 from medsegdiff_monai.networks.schedulers import SamplerType  # noqa: E402
 from medsegdiff_monai.utils import load_checkpoint  # noqa: E402
+from report_files import write_report_files  # noqa: E402
 from speed_harness import machine_info  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -272,12 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         report["loss_at_most_steps"] = loss_at_most_steps(report["rows"])
     else:
         report = run(args)
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "steps_vs_accuracy.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "steps_vs_accuracy.md").write_text(to_markdown(report))
-    plot(report, out / "steps_vs_accuracy.png")
-    print(f"wrote {out / 'steps_vs_accuracy.md'}, .json and .png")
+    write_report_files(args.out_dir, "steps_vs_accuracy", report, to_markdown(report), plot)
     return 0
 
 
