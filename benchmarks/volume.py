@@ -206,6 +206,43 @@ def sharing_saving(preset: str, size: list[int], members: int, repeats: int) -> 
     return out
 
 
+def op_profile(preset: str, size: list[int], rows: int, images: int, bf16: bool, top: int = 8) -> dict[str, Any]:
+    """Where one network call's time goes, by operator (``torch.profiler``, self CPU time), channels-last.
+
+    Args:
+        preset: network preset.
+        size: in-plane size.
+        rows: rows per call (slices x members, as the bundle batches them).
+        images: distinct images in the call (``context_repeats = rows // images``).
+        bf16: under bfloat16 autocast (the precision the default setting chose).
+        top: operators listed; the rest are summed as "other".
+
+    Returns:
+        ``{"seconds": one call, "ops": [{"op", "share"}...]}`` with shares of the profiled self CPU time.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.manual_seed(0)
+    net = MedSegDiffUNet.from_preset(preset, in_channels=4, out_channels=1, image_size=size).eval()
+    net = net.to(memory_format=torch.channels_last)
+    x = torch.randn(rows, 1, *size).contiguous(memory_format=torch.channels_last)
+    image = torch.randn(images, 4, *size).contiguous(memory_format=torch.channels_last)
+    t = torch.full((rows,), 500)
+
+    def call() -> None:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            net(x, t, context=image, context_repeats=rows // images)
+
+    seconds = _best_time(call, 1)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        call()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1.0
+    ops = [{"op": e.key, "share": e.self_cpu_time_total / total} for e in events[:top]]
+    ops.append({"op": "other", "share": max(0.0, 1.0 - sum(o["share"] for o in ops))})
+    return {"seconds": seconds, "rows": rows, "precision": "bfloat16" if bf16 else "float32", "ops": ops}
+
+
 # ------------------------------------------------------------------------------------------------- one run
 class _TimedWriter:
     """Stands for ``SaveImaged`` in the post-processing Compose and adds up its time."""
@@ -385,8 +422,9 @@ def to_markdown(report: dict[str, Any]) -> str:
     lines += [
         "",
         "s / case: end to end, from building the workflow to the written files (parsing and network set-up "
-        "included). Shares are of the measured run. precision: what the network ran in (auto: chosen by timing one "
-        "call in float32 and bfloat16 at the first call). load: reading the four NIfTI files and preprocessing; network: inside the "
+        "included). Shares are of the measured run. precision: what the network ran in (auto: float32 without "
+        "timing where PyTorch reports no bfloat16 kernels for the CPU, else chosen by timing one call in float32 "
+        "and bfloat16 at the first call; the probe's time is in the network share). load: reading the four NIfTI files and preprocessing; network: inside the "
         "network's forward calls; sampler: the rest of the inferer (noise, updates, slicing, fusion); "
         "post-processing: inverting the preprocessing and the label map; writing: `SaveImaged`. Network GFLOP/s: "
         "FLOPs of all network calls (`FlopCounterMode`) / network time; conv limit: the big 3x3 conv2d below, "
@@ -419,6 +457,26 @@ def to_markdown(report: dict[str, Any]) -> str:
         "dynamic-conditioning level, so they are computed once per slice and step for all members "
         "(bit-identical outputs, `tests/test_shared_context.py`).",
         "",
+    ]
+    prof = report.get("op_profile")
+    if prof:
+        lines += [
+            "",
+            f"## One network call by operator ({prof['rows']} rows: slices x members, {prof['precision']}, "
+            f"channels-last, {prof['seconds']:.2f} s)",
+            "",
+            "| operator | share of self CPU time |",
+            "|---|---|",
+        ]
+        lines += [f"| `{o['op']}` | {100 * o['share']:.1f}% |" for o in prof["ops"]]
+        lines += [
+            "",
+            "`torch.profiler` on one call of the untrained network at the case's size, in the precision the fastest "
+            "setting ran in. SiLU, GroupNorm, additions and concatenation are memory-bound element-wise work "
+            "that a fusing compiler could merge with the convolutions around them.",
+        ]
+    lines += [
+        "",
         "## Target: one case in at most 60 s on 2 cores",
         "",
     ]
@@ -448,7 +506,8 @@ def notes(report: dict[str, Any]) -> list[str]:
             f"Closing the gap needs fewer FLOPs per case or a faster network: at 60 s the network would have to run "
             f"at {need:.0f} GFLOP/s. Levers: fewer members or steps (see docs/steps_vs_accuracy.md), a smaller "
             "preset or in-plane size, and raising the network's share of the conv limit (its narrow "
-            "full-resolution levels run far below it; see the narrow convolution above)."
+            "full-resolution levels run far below it, see the narrow convolution above, and the element-wise "
+            "operators of the profile above are not convolutions at all)."
         )
     return out
 
@@ -516,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         print("shared image features ...", flush=True)
         report["sharing"] = sharing_saving(preset, size, cfg["num_ensemble"], max(1, args.repeats - 1))
         results: dict[str, dict[str, Any]] = {}
+        report["op_profile"] = None
         for label in args.settings:
             amp, cl = SETTINGS[label]
             out_dir = tmp_path / f"pred_{label}"
@@ -533,6 +593,11 @@ def main(argv: list[str] | None = None) -> int:
             for r in results.values():
                 r["dice_vs_fp32"] = dice_files(Path(ref["seg_file"]), Path(r["seg_file"])) if ref else float("nan")
             report["results"] = {k: {f: v for f, v in r.items() if f != "seg_file"} for k, r in results.items()}
+            if report["op_profile"] is None and len(results) == len(args.settings):
+                best = min(results.values(), key=lambda v: v["per_case_s"])
+                print("operator profile of one call ...", flush=True)
+                report["op_profile"] = op_profile(preset, size, cfg["sw_batch_size"] * cfg["num_ensemble"],
+                                                  cfg["sw_batch_size"], best["precision_used"] == "bfloat16")
             report["notes"] = notes(report)
             report["complete"] = len(results) == len(args.settings)
             write_report(report, Path(args.out_dir), args.short)  # after every setting: an interrupted run keeps

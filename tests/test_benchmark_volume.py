@@ -43,5 +43,10 @@ def test_short_run_reports_every_phase(tmp_path):
         # 6 slices x 2 members x 2 steps rows, ceil(6 / sw_batch_size) calls per step
         assert r["network_rows"] == 6 * 2 * 2 and r["network_calls"] == 2 * 2
         assert 0.9 <= r["dice_vs_fp32"] <= 1.0
+    prof = report["op_profile"]  # one call by operator: shares of the profiled time, convolutions among them
+    assert _positive(prof["seconds"]) and prof["rows"] == report["config"]["sw_batch_size"] * 2
+    assert sum(o["share"] for o in prof["ops"]) == pytest.approx(1.0, abs=1e-6)
+    assert any("conv" in o["op"] for o in prof["ops"]) and prof["ops"][-1]["op"] == "other"
     md = (tmp_path / "volume_speed_short.md").read_text()
+    assert "by operator" in md
     assert "Extrapolated" in md and "| fp32-cl |" in md and report["machine"]["cpu_model"] in md

@@ -120,6 +120,21 @@ def test_config_components_instantiate(files, ids, tmp_path):
         assert parser.get_parsed_content(id_) is not None, id_
 
 
+def test_timestep_sampling_reaches_the_prepare_batch(tmp_path):
+    """``--timestep_sampling`` and its parameters set the trainer's prepare_batch; the default is the paper's."""
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser["bundle_root"] = str(tmp_path)
+    default = parser.get_parsed_content("train#prepare_batch")
+    assert default.timestep_sampling == "uniform"
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "train.json"))
+    parser.update({"bundle_root": str(tmp_path), "timestep_sampling": "logit_normal", "timestep_logit_mean": 1.0,
+                   "timestep_logit_std": 0.5})
+    pb = parser.get_parsed_content("train#prepare_batch")
+    assert (pb.timestep_sampling, pb.logit_mean, pb.logit_std) == ("logit_normal", 1.0, 0.5)
+
+
 def test_inference_network_def_is_an_image_to_segmentation_module():
     """``network_def`` of inference.json maps an image batch to probabilities (what verify_net_in_out checks)."""
     parser = ConfigParser()

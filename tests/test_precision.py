@@ -10,7 +10,8 @@ import torch
 from medsegdiff_monai.inferers import AutocastDiffusionInferer, DiffusionSegInferer
 from medsegdiff_monai.networks.nets import DiffusionSegmenter, MedSegDiffUNet
 from medsegdiff_monai.networks.schedulers import RespacedDDPMScheduler
-from medsegdiff_monai.utils import time_autocast
+import medsegdiff_monai.networks.nets.diffusion_segmenter as segmenter_module
+from medsegdiff_monai.utils import bfloat16_kernels_available, time_autocast
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,7 +44,35 @@ def test_time_autocast_decides_by_the_measured_ratio():
         time_autocast(lambda: conv(x), "cpu", repeats=0)
 
 
-def test_auto_uses_the_measured_choice_and_leaves_the_random_state_alone():
+def test_time_autocast_stops_probing_a_much_slower_bfloat16():
+    import time
+
+    calls = {"float32": 0, "bfloat16": 0}
+
+    def fn() -> None:  # bfloat16 10x slower, as on a CPU without native bfloat16
+        bf16 = torch.is_autocast_enabled("cpu")
+        calls["bfloat16" if bf16 else "float32"] += 1
+        time.sleep(0.02 if bf16 else 0.002)
+
+    choice, times = time_autocast(fn, "cpu", repeats=3)
+    assert choice is None and times["bfloat16"] > 5 * times["float32"]
+    assert calls == {"float32": 2, "bfloat16": 2}  # warm-up + one timed run each, not 1 + 3
+
+    calls.update(float32=0, bfloat16=0)
+
+    def close() -> None:  # bfloat16 a little slower: not given up, all repeats run
+        bf16 = torch.is_autocast_enabled("cpu")
+        calls["bfloat16" if bf16 else "float32"] += 1
+        time.sleep(0.012 if bf16 else 0.01)
+
+    assert time_autocast(close, "cpu", repeats=3)[0] is None
+    assert calls == {"float32": 4, "bfloat16": 4}
+
+
+@pytest.mark.parametrize("kernels", [True, False])
+def test_auto_uses_the_measured_choice_and_leaves_the_random_state_alone(kernels, monkeypatch):
+    # both branches on any CPU: with bfloat16 kernels the probe times both precisions; without, it is skipped
+    monkeypatch.setattr(segmenter_module, "bfloat16_kernels_available", lambda device: kernels)
     net = _net()
     image = _image()
     sched = RespacedDDPMScheduler(1000)
@@ -53,13 +82,23 @@ def test_auto_uses_the_measured_choice_and_leaves_the_random_state_alone():
     out = auto.sample(image, seeds=[3, 4])
     assert torch.equal(torch.get_rng_state(), state)
     choice = auto.autocast_choices["cpu"]
-    assert choice["dtype"] in (None, "bfloat16") and set(choice["times"]) == {"float32", "bfloat16"}
+    if kernels:
+        assert choice["dtype"] in (None, "bfloat16") and set(choice["times"]) == {"float32", "bfloat16"}
+    else:
+        assert choice == {"dtype": None, "times": {}}
     fixed = DiffusionSegmenter(net, sched, num_inference_steps=2, sampler="ddpm", num_ensemble=2,
                                autocast_dtype=choice["dtype"])
     assert torch.equal(out, fixed.sample(image, seeds=[3, 4]))
     # measured once per device
     auto.sample(image, seeds=[3, 4])
     assert list(auto.autocast_choices) == ["cpu"]
+
+
+def test_bfloat16_kernels_available_answers_what_pytorch_answers():
+    expected = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert bfloat16_kernels_available("cpu") is expected
+    assert bfloat16_kernels_available(torch.device("cpu")) is expected
+    assert bfloat16_kernels_available("meta") is True  # other devices: timing decides
 
 
 def _dice(a: torch.Tensor, b: torch.Tensor) -> float:

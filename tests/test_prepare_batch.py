@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from ignite.engine import Events
@@ -159,3 +161,25 @@ def test_json_configurable():
     )
     pb = parser.get_parsed_content("prepare_batch")
     assert isinstance(pb, SegDiffusionPrepareBatch) and pb.prediction_type == "v_prediction"
+
+
+def test_logit_normal_timesteps_follow_their_distribution():
+    """Known answers: P(t >= T/2) = Phi(mean / std) and median(t) = T * sigmoid(mean); uniform stays MONAI's."""
+    sched = RespacedDDPMScheduler(1000)
+    x0 = torch.zeros(20000, 1, 1, 1)
+    torch.manual_seed(0)
+    t = SegDiffusionPrepareBatch(sched, timestep_sampling="logit_normal", logit_mean=1.0).get_timesteps(x0)
+    assert t.dtype == torch.long and t.shape == (20000,) and 0 <= int(t.min()) and int(t.max()) <= 999
+    phi_1 = 0.5 * (1 + math.erf(1 / math.sqrt(2)))  # 0.841
+    assert abs(float((t >= 500).float().mean()) - phi_1) < 0.01
+    assert abs(float(t.float().median()) - 1000 / (1 + math.exp(-1))) < 10
+    narrow = SegDiffusionPrepareBatch(sched, timestep_sampling="logit_normal", logit_std=0.1).get_timesteps(x0)
+    assert abs(float((narrow >= 500).float().mean()) - 0.5) < 0.02 and float(narrow.float().std()) < 30
+    torch.manual_seed(0)
+    uniform = SegDiffusionPrepareBatch(sched).get_timesteps(x0)
+    torch.manual_seed(0)
+    assert torch.equal(uniform, torch.randint(0, 1000, (20000,)))
+    with pytest.raises(ValueError, match="timestep_sampling"):
+        SegDiffusionPrepareBatch(sched, timestep_sampling="cosine")
+    with pytest.raises(ValueError, match="logit_std"):
+        SegDiffusionPrepareBatch(sched, timestep_sampling="logit_normal", logit_std=0)

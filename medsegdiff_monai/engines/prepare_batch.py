@@ -14,7 +14,7 @@ from monai.engines.utils import DiffusionPrepareBatch
 from monai.networks.schedulers import Scheduler
 from monai.networks.schedulers.ddpm import DDPMPredictionType
 
-from medsegdiff_monai.utils.enums import look_up_named_option
+from medsegdiff_monai.utils.enums import TimestepSampling, look_up_named_option
 
 __all__ = ["SegDiffusionPrepareBatch"]
 
@@ -33,7 +33,8 @@ class SegDiffusionPrepareBatch(DiffusionPrepareBatch):
 
     - ``x0 = 2 * mask - 1``: the mask mapped to [-1, 1], the sample that is diffused;
     - ``kwargs = {"noise": eps, "timesteps": t, "condition": image}`` with ``eps ~ N(0, I)`` shaped like ``x0``
-      and ``t`` uniform in ``[0, scheduler.num_train_timesteps)``, shape (B,);
+      and ``t`` in ``[0, scheduler.num_train_timesteps)``, shape (B,): uniform (the paper), or logit-normal
+      (``timestep_sampling="logit_normal"``, see :class:`~medsegdiff_monai.utils.enums.TimestepSampling`);
     - ``target``: by the scheduler's ``prediction_type``: ``eps`` for "epsilon" (the paper), ``x0`` for "sample",
       or the velocity ``scheduler.get_velocity(x0, eps, t)`` for "v_prediction".
 
@@ -61,12 +62,23 @@ class SegDiffusionPrepareBatch(DiffusionPrepareBatch):
             "v_prediction", ``get_velocity``).
         image_key: key of the image (condition) in dict batches.
         label_key: key of the mask in dict batches.
+        timestep_sampling: "uniform" or "logit_normal" (:class:`~medsegdiff_monai.utils.enums.TimestepSampling`).
+        logit_mean: mean of the normal variable of "logit_normal" (0: median ``t = T / 2``; 1: median ``0.73 T``).
+        logit_std: its standard deviation, > 0.
 
     Raises:
         ValueError: on an invalid argument (named in the message).
     """
 
-    def __init__(self, scheduler: Scheduler, image_key: str = "image", label_key: str = "label") -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        image_key: str = "image",
+        label_key: str = "label",
+        timestep_sampling: str = TimestepSampling.UNIFORM,
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+    ) -> None:
         num_train = int(getattr(scheduler, "num_train_timesteps", 0))
         if num_train < 1:
             raise ValueError("`scheduler` must be a MONAI Scheduler with a positive `num_train_timesteps`.")
@@ -76,6 +88,25 @@ class SegDiffusionPrepareBatch(DiffusionPrepareBatch):
         self.label_key = label_key
         self.prediction_type = look_up_named_option("scheduler.prediction_type", prediction_type, DDPMPredictionType)
         self.scheduler = scheduler
+        self.timestep_sampling = look_up_named_option("timestep_sampling", timestep_sampling, TimestepSampling)
+        if not float(logit_std) > 0:
+            raise ValueError(f"`logit_std` must be > 0, got {logit_std}.")
+        self.logit_mean, self.logit_std = float(logit_mean), float(logit_std)
+
+    def get_timesteps(self, images: torch.Tensor) -> torch.Tensor:
+        """One training timestep per sample, (B,) long, on ``images``' device (global random state, as MONAI's).
+
+        Args:
+            images: the diffused samples x0, (B, C, *spatial).
+
+        Returns:
+            (B,) timesteps in ``[0, num_train_timesteps)``.
+        """
+        if self.timestep_sampling == TimestepSampling.UNIFORM:
+            return super().get_timesteps(images)  # MONAI's: randint(0, T)
+        n = torch.randn(images.shape[0], device=images.device) * self.logit_std + self.logit_mean
+        t = (torch.sigmoid(n) * self.num_train_timesteps).long()
+        return t.clamp_(0, self.num_train_timesteps - 1)
 
     def get_target(self, images: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """Loss target for ``x0 = images``: the noise, ``x0`` itself, or the velocity.

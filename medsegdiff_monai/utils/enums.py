@@ -9,7 +9,7 @@ from enum import Enum
 
 from monai.utils import StrEnum, look_up_option
 
-__all__ = ["DataLayout", "OnError", "look_up_named_option"]
+__all__ = ["DataLayout", "OnError", "TimestepSampling", "look_up_named_option"]
 
 
 class DataLayout(StrEnum):
@@ -41,6 +41,19 @@ class OnError(StrEnum):
 
     RAISE = "raise"
     SKIP = "skip"
+
+
+class TimestepSampling(StrEnum):
+    """How training draws the diffusion timestep of each sample.
+
+    - ``UNIFORM``: ``t`` uniform in ``[0, T)`` (the paper, DDPM).
+    - ``LOGIT_NORMAL``: ``t = floor(T * sigmoid(n))`` with ``n ~ N(mean, std)`` (Esser et al. 2024, "Scaling
+      rectified flow transformers", section 3.1); a positive mean puts more samples at the noisy end, where a
+      few-step sampler starts.
+    """
+
+    UNIFORM = "uniform"
+    LOGIT_NORMAL = "logit_normal"
 
 
 def look_up_named_option(name: str, value: object, supported: type[Enum] | Collection[str]) -> str:

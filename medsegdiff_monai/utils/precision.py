@@ -11,17 +11,44 @@ from typing import Any
 
 import torch
 
-__all__ = ["AUTO_MIN_SPEEDUP", "time_autocast"]
+__all__ = ["AUTO_GIVE_UP_RATIO", "AUTO_MIN_SPEEDUP", "bfloat16_kernels_available", "time_autocast"]
 
 logger = logging.getLogger(__name__)
 
 # bfloat16 is chosen only when it is clearly faster: a small gain is not worth its rounding.
 AUTO_MIN_SPEEDUP = 1.1
+# bfloat16 slower than this many times float32 in a timed run cannot win: the remaining runs are skipped. On CPUs
+# without native bfloat16 (AVX2 only) a run is ~10x slower, and each skipped run saves seconds of a case's time.
+AUTO_GIVE_UP_RATIO = 2.0
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def bfloat16_kernels_available(device: torch.device | str) -> bool:
+    """Whether ``device`` has fast bfloat16 kernels worth timing (PyTorch's own check on CPUs).
+
+    On CPUs this is ``torch.ops.mkldnn._is_mkldnn_bf16_supported()``, the check PyTorch's inductor and tests use:
+    False when oneDNN has no bfloat16 instructions for the processor (e.g. AVX2 only), where bfloat16 runs
+    emulated, ~13x slower than float32 here (``docs/volume_speed_amd_avx2/``), so timing it would only cost
+    seconds. True means only that bfloat16 *may* pay: :func:`time_autocast` decides. Other devices: True (CUDA
+    and XPU decide by timing too). The check is private PyTorch API: if it is missing, True (then timing decides).
+
+    Args:
+        device: the device the network runs on.
+
+    Returns:
+        False when bfloat16 certainly does not pay on ``device``.
+    """
+    if torch.device(device).type != "cpu":
+        return True
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else True
+    except (RuntimeError, AttributeError):  # an operator that is registered but not built
+        return True
 
 
 def time_autocast(
@@ -33,7 +60,9 @@ def time_autocast(
     and later) this project's networks run ~3x faster in bfloat16, on CPUs without native bfloat16 matrix
     instructions they run slower (see ``docs/``). So the choice is made by timing the workload itself once.
     Each setting runs once to warm up (oneDNN builds its kernels on the first call), then ``repeats`` times,
-    alternating; the fastest run of each counts.
+    alternating; the fastest run of each counts. When a timed bfloat16 run is more than ``AUTO_GIVE_UP_RATIO``
+    times the fastest float32 run, the remaining runs are skipped: bfloat16 cannot win (``docs/`` measured ~13x
+    slower on an AVX2-only CPU), and those runs would add seconds to every case.
 
     Args:
         fn: the workload, e.g. one network call on one small input, without side effects on results.
@@ -67,6 +96,8 @@ def time_autocast(
     for _ in range(int(repeats)):
         times["float32"].append(run(False))
         times["bfloat16"].append(run(True))
+        if times["bfloat16"][-1] > AUTO_GIVE_UP_RATIO * min(times["float32"]):
+            break
     best = {k: min(v) for k, v in times.items()}
     choice = "bfloat16" if best["float32"] >= min_speedup * best["bfloat16"] else None
     logger.info(

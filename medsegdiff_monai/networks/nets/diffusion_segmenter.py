@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, List, Optional
 
 import torch
@@ -12,10 +13,11 @@ from monai.utils import StrEnum, optional_import
 from torch import nn
 
 from ...utils.enums import look_up_named_option
-from ...utils.precision import time_autocast
+from ...utils.precision import bfloat16_kernels_available, time_autocast
 from ..schedulers.sampler import DiffusionSampler
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "DiffusionSegmenter",
@@ -137,8 +139,9 @@ class DiffusionSegmenter(nn.Module):
         out_channels: number of mask channels; None takes ``network.out_channels``.
         mode: "crossattn" or "concat", see ``network``.
         autocast_dtype: None (float32), "bfloat16" or "float16": run the network under ``torch.autocast`` on the
-            input's device with this dtype; the sampler arithmetic stays float32. "auto": at the first network call
-            on a device, time one call on one row in float32 and in bfloat16
+            input's device with this dtype; the sampler arithmetic stays float32. "auto": float32 on processors
+            without bfloat16 kernels (:func:`~medsegdiff_monai.utils.bfloat16_kernels_available`, no timing);
+            otherwise, at the first network call on a device, time one call on one row in float32 and in bfloat16
             (:func:`~medsegdiff_monai.utils.time_autocast`) and use bfloat16 from then on if it is at least
             ``AUTO_MIN_SPEEDUP`` (1.1) times faster, else float32; the choice and the times are in
             ``autocast_choices``. Eager mode only (ignored when scripted).
@@ -232,6 +235,9 @@ class DiffusionSegmenter(nn.Module):
         if self.autocast_dtype != AutocastDtype.AUTO:
             return self.autocast_dtype
         key = str(x.device)
+        if key not in self.autocast_choices and not bfloat16_kernels_available(x.device):
+            logger.info("amp_dtype 'auto' on %s: no bfloat16 kernels for this processor -> float32", x.device)
+            self.autocast_choices[key] = {"dtype": None, "times": {}}
         if key not in self.autocast_choices:
             # probe: one row (one image, one member) with fixed noise, so the global random state is untouched
             g = torch.Generator(device=x.device).manual_seed(0)
