@@ -6,7 +6,10 @@ Usage::
 
     python benchmarks/model_card.py            # 256x256, writes docs/model_card.md and docs/model_card.json
     python benchmarks/model_card.py --quick    # 64x64, fast CI check; prints only (or --out-dir DIR to write)
-    python benchmarks/model_card.py --timing B # also time forward / training step of B on this CPU
+    python benchmarks/model_card.py --timing B B-w128  # also time forward / training step of these on this CPU
+
+Besides the presets, the card lists ``VARIANTS``: constructor overrides of a preset that users ask for, such as
+the official code's widths (``B-w128``: preset B with ``channels=(128, 128, 256, 256, 512, 512)``).
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` (2 per multiply-add of convolutions, matrix
 products and attention); it does not count FFTs (FF-Parser), normalisations, activations or other element-wise work.
@@ -17,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from typing import Any
@@ -26,12 +28,32 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from medsegdiff_monai.networks.blocks import AttentiveFusion, FFParser  # noqa: E402
 from medsegdiff_monai.networks.nets import MEDSEGDIFF_PRESETS, MedSegDiffUNet  # noqa: E402
+from speed_harness import cpu_model  # noqa: E402
 
 IN_CHANNELS = 4  # BraTS: t1, t1ce, t2, flair
 OUT_CHANNELS = 1  # whole-tumour mask
+
+#: card row -> (preset, constructor overrides): variants built from a preset with ``from_preset(name, **overrides)``
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    # the official MedSegDiff code's UNet width: model_channels 128, channel_mult (1, 1, 2, 2, 4, 4) at 256x256
+    "B-w128": ("B", {"channels": (128, 128, 256, 256, 512, 512)}),
+}
+
+FIDELITY_NOTE = (
+    "What the presets take from the paper (arXiv:2211.00611): the downsampling counts of S/B/L/++ (4/5/6/6), "
+    "residual blocks of GroupNorm, SiLU and convolution with the time embedding (Linear, SiLU, Linear) added after "
+    "the first block, two encoders with attentive fusion (eq. 3) at the middle stages and the FF-Parser on the "
+    "mask branch into each fusion. What they do not: the widths (the paper gives none; this project is narrow, 16-32 "
+    "channels, at full resolution, where a 3x3 convolution costs the most per channel, and wide at low resolution; "
+    "the official code uses 128 base channels, row B-w128, built with "
+    "`MedSegDiffUNet.from_preset(\"B\", channels=(128, 128, 256, 256, 512, 512))` or `\"channels\"` in a bundle's "
+    "`network_def`) and the residual blocks per stage (the paper follows ResNet34, 3, 4, 6 and 3 blocks; the presets "
+    "use 1-2 per level). So \"B\" means the paper's depth, not the paper's MedSegDiff-B network."
+)
 
 FLOP_NOTE = (
     "FLOPs: torch.utils.flop_counter.FlopCounterMode, forward pass, batch 1, 2 FLOPs per multiply-add of "
@@ -105,14 +127,17 @@ def build_card(size: int, timing: list[str] | None = None, presets: list[str] | 
     if timing:
         card["timing_machine"] = {
             "threads": torch.get_num_threads(),
-            "processor": platform.processor() or platform.machine(),
+            "processor": cpu_model(),
             "note": "best of 3 wall times, float32, channels-last convolution weights (the default), training step = "
             "forward + eps-MSE backward + torch.optim.AdamW step; sampling estimate = 10 x forward at batch 5",
             "load_average_before": [round(v, 2) for v in os.getloadavg()],
         }
-    for name in presets or list(MEDSEGDIFF_PRESETS):
-        cfg = MEDSEGDIFF_PRESETS[name]
-        net = MedSegDiffUNet.from_preset(name, spatial_dims=2, in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS)
+    for name in presets or [*MEDSEGDIFF_PRESETS, *VARIANTS]:
+        preset, overrides = VARIANTS.get(name, (name, {}))
+        cfg = {**MEDSEGDIFF_PRESETS[preset], **overrides}
+        net = MedSegDiffUNet.from_preset(
+            preset, spatial_dims=2, in_channels=IN_CHANNELS, out_channels=OUT_CHANNELS, **overrides
+        )
         entry: dict[str, Any] = {
             "downsamplings": net.num_downsamplings,
             "channels": list(net.channels),
@@ -126,6 +151,7 @@ def build_card(size: int, timing: list[str] | None = None, presets: list[str] | 
             "forward_gflops": round(_forward_gflops(net, size), 3),
             "min_input_divisor": net.size_divisor,
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()},
+            "variant_of": preset if name in VARIANTS else None,
         }
         if timing and name in timing:
             entry["timing"] = _timing(net, size)
@@ -159,10 +185,11 @@ def to_markdown(card: dict[str, Any]) -> str:
     lines += [
         "Levels are numbered from 0 (full resolution). Every spatial size of the input must be divisible by "
         "2 ** downsamplings. The FF-Parser maps are sized for a 256x256 input (2-D presets S/B/L/++; XS: 64x64) and "
-        "resampled in frequency for any other size. The paper (arXiv:2211.00611) fixes only the downsampling counts "
-        "of S/B/L/++ (4/5/6/6); the widths are this project's choice: narrow (16-32 channels) at full resolution, "
-        "where a 3x3 convolution costs the most per channel, and wide at low resolution. XS is meant for small "
-        "(32-64 pixel) demo and test inputs; at 256x256 its shallow depth makes it no cheaper than S.",
+        "resampled in frequency for any other size (the bundle builds them for its training size, `image_size`). "
+        "XS is meant for small (32-64 pixel) demo and test inputs; at 256x256 its shallow depth makes it no cheaper "
+        "than S.",
+        "",
+        FIDELITY_NOTE,
         "",
     ]
     if "timing_machine" in card:
@@ -201,12 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="PRESET",
         help="also time forward and training step of these presets (no names: all) on this machine",
     )
-    parser.add_argument("--presets", nargs="*", default=None, help=f"subset of {list(MEDSEGDIFF_PRESETS)}")
+    parser.add_argument("--presets", nargs="*", default=None, choices=[*MEDSEGDIFF_PRESETS, *VARIANTS],
+                        help="subset of the presets and variants (default: all)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     size = args.size or (64 if args.quick else 256)
-    timing = None if args.timing is None else (args.timing or list(MEDSEGDIFF_PRESETS))
+    timing = None if args.timing is None else (args.timing or [*MEDSEGDIFF_PRESETS, *VARIANTS])
     card = build_card(size, timing=timing, presets=args.presets)
     markdown = to_markdown(card)
     print(markdown)
