@@ -182,10 +182,15 @@ def conv_limits(short: bool, repeats: int) -> list[dict[str, Any]]:
     return out
 
 
+def _network(preset: str, size: list[int]) -> MedSegDiffUNet:
+    """The benchmark's network in eval mode: 4 image channels, 1 mask channel, FF-Parser maps sized for ``size``."""
+    return MedSegDiffUNet.from_preset(preset, in_channels=4, out_channels=1, image_size=size).eval()
+
+
 def sharing_saving(preset: str, size: list[int], members: int, repeats: int) -> list[dict[str, Any]]:
     """Seconds of one network call (1 slice x ``members``) with the image repeated vs shared, per precision."""
     torch.manual_seed(0)
-    net = MedSegDiffUNet.from_preset(preset, in_channels=4, out_channels=1, image_size=size).eval()
+    net = _network(preset, size)
     x, image = torch.randn(members, 1, *size), torch.randn(1, 4, *size)
     t = torch.full((members,), 500)
     out = []
@@ -223,7 +228,7 @@ def op_profile(preset: str, size: list[int], rows: int, images: int, bf16: bool,
     from torch.profiler import ProfilerActivity, profile
 
     torch.manual_seed(0)
-    net = MedSegDiffUNet.from_preset(preset, in_channels=4, out_channels=1, image_size=size).eval()
+    net = _network(preset, size)
     net = net.to(memory_format=torch.channels_last)
     x = torch.randn(rows, 1, *size).contiguous(memory_format=torch.channels_last)
     image = torch.randn(images, 4, *size).contiguous(memory_format=torch.channels_last)
@@ -566,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         report["extrapolated"] = measured < n_brain
         report["slice_factor"] = n_brain / measured
         report["full_command"] = re.sub(r"\s*--max-slices\s+\d+", "", report["command"])
-        net = MedSegDiffUNet.from_preset(preset, in_channels=4, out_channels=1, image_size=size).eval()
+        net = _network(preset, size)
         flops = flop_model(net, cfg["num_ensemble"], size)
         report["flops_per_row"], report["flops_per_image"] = flops
         print("conv limits ...", flush=True)
