@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=64, help="in-plane size (the demo recipe's)")
     p.add_argument("--block_size", type=int, default=8)
     p.add_argument("--gap", type=int, default=2)
-    p.add_argument("--calibration_epochs", type=int, default=3)
+    p.add_argument("--calibration_epochs", type=int, default=6)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache_dir", default=str(DEFAULT_CACHE_DIR), help="where the nilearn wheel is kept")
     p.add_argument("--work_dir", default=None, help="keep the data and partial results here")

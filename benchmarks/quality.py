@@ -17,9 +17,10 @@ building excluded) with ``--threads`` torch threads:
   normalisation) with ``DiceCELoss(sigmoid=True)`` and AdamW (lr 1e-3, constant), batches of 16 slices, final weights;
 - ``medsegdiff-demo`` (train.json + demo.json, preset XS) and ``medsegdiff-full`` (train.json alone, preset B), at
   ``spatial_size = [--size, --size]``: ``python -m monai.bundle run training`` in a subprocess. The number of epochs
-  is set from the time per epoch measured in a 3-epoch calibration run so that the recipe's learning-rate schedule
-  ends with the budget; a ``WallTimeBudget`` handler (``benchmarks/quality_handlers.py``, added by a config overlay
-  this script writes) stops the run if it overruns, and saves the final weights. The bundle's periodic validation
+  is set from the steady time per epoch measured in a 6-epoch calibration run (its second half; the first half's
+  warm-up is paid once) so that the recipe's learning-rate schedule ends with the budget; a ``WallTimeBudget``
+  handler (``benchmarks/quality_handlers.py``, added by a config overlay this script writes) stops the run if it
+  overruns, and saves the final weights. The bundle's periodic validation
   is switched off (``val_interval`` > ``epochs``): every method is scored with its final weights. Then
   ``python -m monai.bundle run evaluating`` (evaluate.json, ``--eval_split test``) writes the NIfTI predictions.
 
@@ -85,7 +86,8 @@ from quality_data import DEFAULT_CACHE_DIR, prepare_mni_cases  # noqa: E402
 from report_files import write_report_files  # noqa: E402
 from speed_harness import cpu_model  # noqa: E402
 
-__all__ = ["score_volume", "train_baseline", "run_bundle_recipe", "parse_sets", "prepare_work", "report_header", "main"]
+__all__ = ["score_volume", "train_baseline", "run_bundle_recipe", "parse_sets", "prepare_work", "report_header",
+           "load_reports", "merge_reports", "main"]
 
 BASELINES = ("basicunet", "segresnet")
 #: recipe name -> bundle config files (relative to the bundle's configs folder)
@@ -404,10 +406,23 @@ def _train_bundle(
     return json.loads(stats_file.read_text())
 
 
+def _seconds_per_epoch(calibration_stats: dict[str, Any]) -> tuple[float, float]:
+    """Steady seconds per epoch and the warm-up's extra seconds, from a calibration run's epoch times.
+
+    The first epochs of a run are slower (allocator and oneDNN kernel caches warming up: 4.0, 3.4, 3.1 s, then
+    2.3-2.5 s for preset B at 128x128 on 2 cores), so the steady time is the mean of the second half of the
+    epochs, and the first half's excess over it is paid once per run.
+    """
+    times = list(calibration_stats["epoch_seconds"]) or [float(calibration_stats["train_seconds"])]
+    steady = statistics.fmean(times[len(times) // 2 :])
+    warmup = sum(max(0.0, t - steady) for t in times[: len(times) // 2])
+    return steady, warmup
+
+
 def run_bundle_recipe(
     recipe: str, root: Path, work: Path, size: int, budget: float, threads: int, seed: int,
-    calibration_epochs: int = 3, timing_volumes: int = 2, extra_overrides: dict[str, Any] | None = None,
-    min_epochs: int = 10,
+    calibration_epochs: int = 6, timing_volumes: int = 2, extra_overrides: dict[str, Any] | None = None,
+    min_epochs: int = 10, reuse: bool = False,
 ) -> dict[str, Any]:
     """Train one bundle recipe for a wall-time budget, evaluate it on the test blocks and score its predictions.
 
@@ -426,28 +441,37 @@ def run_bundle_recipe(
         extra_overrides: more config overrides for training and evaluation (e.g. a smaller ensemble in CI).
         min_epochs: the fewest epochs planned: the demo recipe's ``OneCycleLR`` (10% warm-up over ``epochs + 1``
             steps) is not defined for fewer than 10. When they do not fit in the budget, the budget stops the run.
+        reuse: score the run that ``work`` already holds (trained and evaluated by an earlier, interrupted call with
+            the same arguments: ``run/train_stats.json``, ``run/eval/test/metrics.csv``) instead of running it again.
 
     Returns:
         training statistics, the number of epochs chosen and per-case scores.
     """
     configs = RECIPES[recipe]
-    if calibration_epochs > 0:
-        calib = work / "calibration"
-        calib.mkdir(parents=True)
-        cs = _train_bundle(configs, _common_overrides(root, calib, size, extra_overrides, seed), calib, calibration_epochs,
-                           0.0, threads, seed)
-        times = cs["epoch_seconds"][1:] or cs["epoch_seconds"] or [cs["train_seconds"]]  # the first epoch warms up
-        per_epoch = statistics.fmean(times)
-        epochs = max(min_epochs, int(budget // per_epoch))
-    else:
-        per_epoch, epochs = float("nan"), 10_000
     run_dir = work / "run"
-    run_dir.mkdir(parents=True)
     common = _common_overrides(root, run_dir, size, extra_overrides, seed)
-    stats = _train_bundle(configs, common, run_dir, epochs, budget, threads, seed)
-    eval_cmd = _bundle_cmd("evaluating", [str(CONFIGS / c) for c in [*configs, "evaluate.json"]],
-                           dict(common, eval_split="test"))
-    eval_seconds = _run(eval_cmd, run_dir / "evaluate.log", threads, timeout=1800)
+    if reuse:
+        if not (run_dir / "eval" / "test" / "metrics.csv").is_file():
+            raise FileNotFoundError(f"{run_dir}: no finished run to reuse (eval/test/metrics.csv is missing)")
+        stats = json.loads((run_dir / "train_stats.json").read_text())
+        calib = work / "calibration" / "train_stats.json"
+        per_epoch = _seconds_per_epoch(json.loads(calib.read_text()))[0] if calib.is_file() else float("nan")
+        epochs, eval_seconds = stats["max_epochs"], float("nan")
+    else:
+        if calibration_epochs > 0:
+            calib_dir = work / "calibration"
+            calib_dir.mkdir(parents=True)
+            cs = _train_bundle(configs, _common_overrides(root, calib_dir, size, extra_overrides, seed), calib_dir,
+                               calibration_epochs, 0.0, threads, seed)
+            per_epoch, warmup = _seconds_per_epoch(cs)
+            epochs = max(min_epochs, int(max(budget - warmup, 0.0) // per_epoch))
+        else:
+            per_epoch, epochs = float("nan"), 10_000
+        run_dir.mkdir(parents=True)
+        stats = _train_bundle(configs, common, run_dir, epochs, budget, threads, seed)
+        eval_cmd = _bundle_cmd("evaluating", [str(CONFIGS / c) for c in [*configs, "evaluate.json"]],
+                               dict(common, eval_split="test"))
+        eval_seconds = _run(eval_cmd, run_dir / "evaluate.log", threads, timeout=1800)
 
     # scoring the NIfTI predictions, and the sampler's time per volume in this process
     parser = bundle_parser(configs, common)
@@ -515,6 +539,7 @@ def prepare_work(args: argparse.Namespace, prefix: str) -> tuple[Path, Path, dic
 # ------------------------------------------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
+    earlier_reports = load_reports(args.merge_json)
     work, root, datalist = prepare_work(args, "medsegdiff-quality-")
     print(f"data: {len(datalist['blocks'])} blocks of {args.block_size} slices in {root} "
           f"({datalist['numTraining']} training, {datalist['numValidation']} validation, {datalist['numTest']} test)",
@@ -545,38 +570,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         row = run_baseline(method, base_parser, budget, args.seed)
                     else:
                         method_work = work / f"{method}_{budget:g}s"
-                        if method_work.exists():
+                        if method_work.exists() and not args.reuse_runs:
                             shutil.rmtree(method_work)
                         row = run_bundle_recipe(method, root, method_work, args.size, budget, args.threads,
                                                 args.seed, calibration_epochs=args.calibration_epochs,
-                                                timing_volumes=args.timing_volumes, extra_overrides=args.overrides)
+                                                timing_volumes=args.timing_volumes, extra_overrides=args.overrides,
+                                                reuse=args.reuse_runs)
             except Exception as e:  # keep the other methods' results; the failure is reported in the table
                 print(f"  FAILED: {type(e).__name__}: {e}", flush=True)
                 label = "" if method in BASELINES else args.label  # --label/--set name recipe variants only
-                report["rows"].append({"method": method, "label": label, "budget": budget, "error": f"{type(e).__name__}: {e}"[:2000]})
+                report["rows"].append({"method": method, "label": label, "budget": budget, "seed": args.seed,
+                                       "error": f"{type(e).__name__}: {e}"[:2000]})
                 continue
             dice = _summary([c["dice"] for c in row["cases"]])
             hd95 = _summary([c["hd95"] for c in row["cases"]])
             infer = _summary([c["infer_seconds"] for c in row["cases"]])
+            reused = args.reuse_runs and method not in BASELINES
             row = {"method": method, "label": "" if method in BASELINES else args.label, "budget": budget,
-                   "overrides": {} if method in BASELINES else args.overrides, **row, "dice": dice, "hd95": hd95, "infer_seconds": infer,
-                   "other_processes_cpu_share": share.others}
+                   "overrides": {} if method in BASELINES else args.overrides, **row, "dice": dice, "hd95": hd95,
+                   "infer_seconds": infer,
+                   # a reused run was trained earlier: this process only scored it, so its CPU share is unknown
+                   "other_processes_cpu_share": float("nan") if reused else share.others, "reused_run": reused,
+                   "seed": args.seed}
             report["rows"].append(row)
             print(f"  {row['epochs']} epochs, {row['steps']} steps, Dice {dice['mean']:.4f} +- {dice['sd']:.4f}, "
                   f"HD95 {hd95['mean']:.2f} mm, {infer['mean']:.3f} s per volume; other processes used "
                   f"{100 * share.others:.0f}% of the CPUs", flush=True)
             (work / "quality.partial.json").write_text(json.dumps(report, indent=2))  # results so far
-    if args.merge_json:  # rows of an earlier run on the same data (e.g. after an interrupted run), in method order
-        earlier = json.loads(Path(args.merge_json).read_text())
-        if earlier["data"]["blocks"] != report["data"]["blocks"]:
-            raise SystemExit(f"{args.merge_json}: another data split; cannot merge")
-        mine = {_row_key(r) for r in report["rows"]}
-        kept = [dict(r, run_date=earlier.get("date") if "run_date" not in r else r["run_date"]) for r in earlier["rows"]
-                if _row_key(r) not in mine]
-        order = {m: i for i, m in enumerate(METHODS)}
-        report["rows"] = sorted(kept + report["rows"], key=lambda r: (r["budget"], order.get(r["method"], 99)))
-        report["merged_from"] = {"date": earlier["date"], "command": earlier["command"],
-                                 "rows": [[_method_text(r), r["budget"]] for r in kept]}
+    # rows of earlier runs on the same data (other seeds, an interrupted run), in method order
+    merge_reports(report, earlier_reports)
     report["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     report["work_dir"] = str(work)
     if not args.keep and not args.work_dir:
@@ -593,13 +615,67 @@ _METHOD_TEXT = {
 }
 
 
-def _row_key(row: dict[str, Any]) -> tuple[str, str, float]:
-    return row["method"], row.get("label") or "", row["budget"]
+def _row_key(row: dict[str, Any]) -> tuple[str, str, float, int]:
+    return row["method"], row.get("label") or "", row["budget"], int(row.get("seed", 0))
+
+
+def _command_seed(command: str) -> int:
+    """The ``--seed`` of a report's command (default 0): rows of reports before 2026-12-04 do not record it."""
+    m = re.search(r"--seed[ =](\d+)", command)
+    return int(m.group(1)) if m else 0
+
+
+def load_reports(paths: Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
+    """Read report JSON files (read before a run starts: a run rewrites ``quality.partial.json`` in its work folder)."""
+    return [dict(json.loads(Path(path).read_text()), path=str(path)) for path in paths]
+
+
+def merge_reports(report: dict[str, Any], earlier_reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Add the rows of earlier reports on the same data to ``report`` (in place), in method order.
+
+    A row of ``report`` (method, label, budget, seed) replaces the same row of an earlier report; of two earlier
+    reports, the later in ``earlier_reports`` wins. Each kept row records its report's date (``run_date``) and command
+    (``run_command``); rows of reports written before rows recorded their seed take the seed of that report's
+    command (``--seed``, default 0).
+
+    Raises:
+        SystemExit: when a report was made on another data split.
+    """
+    if not earlier_reports:
+        return report
+    report["rows"] = [dict(r, seed=r.get("seed", _command_seed(report["command"]))) for r in report["rows"]]
+    rows = {_row_key(r): r for r in report["rows"]}
+    merged = report.setdefault("merged_from", [])
+    for earlier in earlier_reports:
+        if earlier["data"]["blocks"] != report["data"]["blocks"]:
+            raise SystemExit(f"{earlier.get('path', earlier['command'])}: another data split; cannot merge")
+        kept = []
+        for r in earlier["rows"]:
+            r = dict(r, seed=r.get("seed", _command_seed(earlier["command"])),
+                     run_date=r.get("run_date", earlier["date"]), run_command=r.get("run_command", earlier["command"]))
+            if _row_key(r) not in rows or rows[_row_key(r)].get("run_date"):
+                rows[_row_key(r)] = r
+                kept.append(r)
+        merged.append({"date": earlier["date"], "command": earlier["command"],
+                       "rows": [[_method_text(r), r["budget"], r["seed"]] for r in kept]})
+    order = {m: i for i, m in enumerate(METHODS)}
+    report["rows"] = sorted(rows.values(), key=lambda r: (r["budget"], order.get(r["method"], 99), r.get("label") or "",
+                                                          int(r.get("seed", 0))))
+    return report
 
 
 def _method_text(row: dict[str, Any]) -> str:
     text = _METHOD_TEXT.get(row["method"], row["method"])
     return f"{text}, {row['label']}" if row.get("label") else text
+
+
+def _seed_groups(report: dict[str, Any]) -> dict[tuple[str, float], list[dict[str, Any]]]:
+    """The scored rows by (method text, budget): one row per seed."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in report["rows"]:
+        if "dice" in r:
+            groups.setdefault((_method_text(r), r["budget"]), []).append(r)
+    return groups
 
 
 def _fmt(s: dict[str, Any], digits: int) -> str:
@@ -623,10 +699,12 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"Generated by `{report['command']}` (`benchmarks/quality.py`); do not edit by hand.",
         "",
     ]
-    if report.get("merged_from"):
-        m = report["merged_from"]
-        lines += [f"Rows {', '.join(f'{k} ({b:g} s)' for k, b in m['rows'])} are from an earlier run on the same "
-                  f"data and machine, `{m['command']}` ({m['date']}), merged in.", ""]
+    merged = report.get("merged_from") or []
+    for m in [merged] if isinstance(merged, dict) else merged:  # a dict in reports written before 2026-12-04
+        if m["rows"]:
+            rows = ", ".join(f"{r[0]} ({r[1]:g} s" + (f", seed {r[2]})" if len(r) > 2 else ")") for r in m["rows"])
+            lines += [f"Rows {rows} are from an earlier run on the same data, `{m['command']}` ({m['date']}), "
+                      "merged in.", ""]
     lines += [
         f"- date: {report['date']}; torch {report['versions']['torch']}, MONAI {report['versions']['monai']}, "
         f"Python {report['versions']['python']}, medsegdiff_monai {report['versions']['medsegdiff_monai']}",
@@ -642,7 +720,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"real modality). {len(d['blocks'])} blocks of {d['block_size']} axial slices, {d['gap']} unused slices "
         f"between blocks, fixed split: {d['num']['training']} training, {d['num']['validation']} validation "
         f"(unused: no model selection), {d['num']['test']} test blocks",
-        f"- in-plane size: {report['size']}x{report['size']} (the demo recipe's size); budget = seconds of training "
+        f"- in-plane size: {report['size']}x{report['size']} for every method (the slices are resized to it and "
+        "predictions resized back); budget = seconds of training "
         "loop, final weights for every method; baselines: DiceCELoss(sigmoid), AdamW lr 1e-3, batch 16 slices; "
         "bundle recipes: epochs set from a calibration run so the learning-rate schedule ends with the budget",
         "- Dice and HD95: per test block (volume) in the input geometry, mean ± sd over the test blocks; "
@@ -650,25 +729,41 @@ def to_markdown(report: dict[str, Any]) -> str:
         "training CPU s: CPU time the training process used during the budget (all threads; at most budget x "
         "threads, less when other processes share the cores)",
         "",
-        "| method | budget s | epochs | steps | training CPU s | Dice | HD95 mm | inference s per volume |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| method | seed | budget s | training s | epochs | steps | training CPU s | Dice | HD95 mm | "
+        "inference s per volume |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in report["rows"]:
         if "error" in r:
-            lines.append(f"| {_method_text(r)} | {r['budget']:g} | failed: "
-                         f"{r['error'].splitlines()[0][:120]} | | | | | |")
+            lines.append(f"| {_method_text(r)} | {r.get('seed', 0)} | {r['budget']:g} | failed: "
+                         f"{r['error'].splitlines()[0][:120]} | | | | | | |")
             continue
         cpu = r.get("train_cpu_seconds", float("nan"))
         lines.append(
-            f"| {_method_text(r)} | {r['budget']:g} | {r['epochs']} | {r['steps']} | "
-            f"{f'{cpu:.0f}' if math.isfinite(cpu) else 'n/a'} | "
+            f"| {_method_text(r)} | {r.get('seed', 0)} | {r['budget']:g} | {r['train_seconds']:.0f} | {r['epochs']} | "
+            f"{r['steps']} | {f'{cpu:.0f}' if math.isfinite(cpu) else 'n/a'} | "
             f"{_fmt(r['dice'], 4)} | {_fmt(r['hd95'], 2)} | {r['infer_seconds']['mean']:.3f} |"
         )
+    groups = _seed_groups(report)
+    if any(len(g) > 1 for g in groups.values()):
+        lines += ["", "Over seeds (mean ± sd of the per-seed means):", "",
+                  "| method | budget s | seeds | Dice | HD95 mm |", "| --- | --- | --- | --- | --- |"]
+        for (text, budget), rows in groups.items():
+            dice = _summary([r["dice"]["mean"] for r in rows])
+            hd95 = _summary([r["hd95"]["mean"] for r in rows])
+            seeds = ", ".join(str(r.get("seed", 0)) for r in rows)
+            lines.append(f"| {text} | {budget:g} | {seeds} | {_fmt(dice, 4)} | {_fmt(hd95, 2)} |")
     if report.get("references"):
         lines += ["", "References without training (same scoring):", "", "| reference | Dice | HD95 mm |",
                   "| --- | --- | --- |"]
         for ref in report["references"]:
             lines.append(f"| {ref['reference']} | {_fmt(ref['dice'], 4)} | {_fmt(ref['hd95'], 2)} |")
+    reused = [r for r in report["rows"] if r.get("reused_run")]
+    if reused:
+        lines += ["", "Trained and evaluated by an earlier, interrupted run of the same command in the same work "
+                  "folder and scored by this one (`--reuse_runs`; the other processes' CPU share during their "
+                  "training is not known): "
+                  + ", ".join(f"{_method_text(r)} ({r['budget']:g} s)" for r in reused) + "."]
     recipes = [r for r in report["rows"] if "recipe" in r]
     planned = [r for r in recipes if r["epochs"] < r["epochs_planned"]]
     if planned:
@@ -694,32 +789,44 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
-    """Bar plot of the mean Dice (error bars: sd over the test blocks) per method, one group per budget."""
+    """Bar plot of the mean Dice per method, one group per budget; dots: the seeds' means; error bars: sd over the
+    seeds (one seed: over the test blocks); dashed lines: the trainless references."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = list(dict.fromkeys(_method_text(r) for r in report["rows"]))
-    budgets = list(dict.fromkeys(r["budget"] for r in report["rows"]))
+    groups = _seed_groups(report)
+    methods = list(dict.fromkeys(text for text, _ in groups))
+    budgets = list(dict.fromkeys(b for _, b in groups))
     width = 0.8 / max(len(methods), 1)
-    import textwrap
-
     # the legend goes below the axes, wrapped: variant names are long and would be cut at the right margin
     fig, ax = plt.subplots(figsize=(4.5 + 1.4 * len(budgets) * max(len(methods), 1) * 0.5, 3.6 + 0.3 * len(methods)))
+    lowest = 1.0
     for i, m in enumerate(methods):
         xs, ys, es = [], [], []
         for j, b in enumerate(budgets):
-            r = next((r for r in report["rows"] if _method_text(r) == m and r["budget"] == b and "dice" in r), None)
-            if r is not None:
-                xs.append(j + (i - (len(methods) - 1) / 2) * width)
-                ys.append(r["dice"]["mean"])
-                es.append(r["dice"]["sd"])
-        ax.bar(xs, ys, width, yerr=es, capsize=3, label=textwrap.fill(_METHOD_TEXT.get(m, m), 90))
+            rows = groups.get((m, b))
+            if not rows:
+                continue
+            means = [r["dice"]["mean"] for r in rows]
+            x = j + (i - (len(methods) - 1) / 2) * width
+            xs.append(x)
+            ys.append(statistics.fmean(means))
+            es.append(statistics.stdev(means) if len(means) > 1 else rows[0]["dice"]["sd"])
+            if len(means) > 1:
+                ax.plot([x] * len(means), means, "k.", markersize=4, zorder=3)
+            lowest = min(lowest, *means)
+        ax.bar(xs, ys, width, yerr=es, capsize=3, label=textwrap.fill(m, 90))
+    for k, ref in enumerate(report.get("references") or []):
+        ax.axhline(ref["dice"]["mean"], color="grey", linestyle="--" if k == 0 else ":", linewidth=1,
+                   label=textwrap.fill(f"{ref['reference']}: {ref['dice']['mean']:.3f}", 90))
     ax.set_xticks(range(len(budgets)))
     ax.set_xticklabels([f"{b:g} s" for b in budgets])
     ax.set_ylabel("Dice per test block")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(max(0.0, math.floor((lowest - 0.08) * 20) / 20), 1.0)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=1, frameon=False)
     ax.set_title(f"Grey matter on MNI152 T1 blocks, {report['size']}x{report['size']}", fontsize=9)
@@ -735,7 +842,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=None, help="in-plane size (default 64, the demo recipe's)")
     p.add_argument("--block_size", type=int, default=8)
     p.add_argument("--gap", type=int, default=2)
-    p.add_argument("--calibration_epochs", type=int, default=3)
+    p.add_argument("--calibration_epochs", type=int, default=6,
+                   help="epochs of the run that times an epoch (the second half is timed; 0: none)")
     p.add_argument("--timing_volumes", type=int, default=2, help="test volumes the bundle's sampler is timed on")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
@@ -750,8 +858,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="bundle config override for the recipes, e.g. --set use_ema=true --set 'train#x=[1]' "
                         "(VALUE is JSON, else a string; repeatable); recorded in the report")
     p.add_argument("--label", default="", help="name of this variant in the table (e.g. the levers set with --set)")
-    p.add_argument("--merge_json", default=None,
-                   help="add the rows of an earlier report (same data) for the methods not run now")
+    p.add_argument("--reuse_runs", action="store_true",
+                   help="score the bundle runs that --work_dir holds from an interrupted run of the same command "
+                        "(trained and evaluated, not yet scored) instead of training them again")
+    p.add_argument("--merge_json", action="append", default=[],
+                   help="add the rows of an earlier report on the same data (other seeds, methods or labels; "
+                        "repeatable); with --from_json, merge into that report")
     args = p.parse_args(argv)
     args.overrides = parse_sets(p, args.sets)
     if args.short:  # a code check: every step of the benchmark, in about a minute and a half
@@ -765,7 +877,7 @@ def main(argv: list[str] | None = None) -> int:
     args.size = args.size or 64
     out = Path(args.out_dir or (tempfile.mkdtemp(prefix="medsegdiff-quality-out-") if args.short else REPO / "docs"))
     if args.from_json:
-        report = json.loads(Path(args.from_json).read_text())
+        report = merge_reports(json.loads(Path(args.from_json).read_text()), load_reports(args.merge_json))
     else:
         report = run(args)
     write_report_files(out, "quality", report, to_markdown(report), plot)

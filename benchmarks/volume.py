@@ -56,7 +56,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import nibabel as nib
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 from monai.engines.utils import IterationEvents
 from monai.transforms import SaveImaged
 from torch.utils.flop_counter import FlopCounterMode
@@ -121,10 +121,15 @@ def reduce_case(src: Path, dst_root: Path, max_slices: int) -> tuple[list[dict],
     return find_cases(str(dst_root)), keep
 
 
+def _inference_self_condition() -> bool:
+    """Whether ``inference.json`` builds a self-conditioning network (the model must match it to load)."""
+    return bool(ConfigParser.load_config_file(str(BUNDLE / "configs" / "inference.json"))["self_condition"])
+
+
 def save_model(path: Path, preset: str, image_size: list[int]) -> None:
     """An untrained preset with a random (not zero) output convolution, saved as the bundle's model.pt."""
     torch.manual_seed(0)
-    net = MedSegDiffUNet.from_preset(preset, in_channels=4, out_channels=1, image_size=image_size)
+    net = _network(preset, image_size).train()
     conv = net.out[-1].conv
     torch.nn.init.normal_(conv.weight, std=0.02)
     torch.nn.init.zeros_(conv.bias)
@@ -183,8 +188,10 @@ def conv_limits(short: bool, repeats: int) -> list[dict[str, Any]]:
 
 
 def _network(preset: str, size: list[int]) -> MedSegDiffUNet:
-    """The benchmark's network in eval mode: 4 image channels, 1 mask channel, FF-Parser maps sized for ``size``."""
-    return MedSegDiffUNet.from_preset(preset, in_channels=4, out_channels=1, image_size=size).eval()
+    """The benchmark's network in eval mode: 4 image channels, 1 mask channel, FF-Parser maps sized for ``size``,
+    self-conditioning as in ``inference.json``."""
+    return MedSegDiffUNet.from_preset(preset, in_channels=4, out_channels=1, image_size=size,
+                                      self_condition=_inference_self_condition()).eval()
 
 
 def sharing_saving(preset: str, size: list[int], members: int, repeats: int) -> list[dict[str, Any]]:

@@ -174,12 +174,32 @@ def test_network_names_mean_the_same_in_every_config(files, tmp_path):
     assert inferer.num_inference_steps == network_def.num_inference_steps
 
 
+def test_self_condition_reaches_network_trainer_and_sampler(tmp_path):
+    """``--self_condition`` builds the self-conditioning network (also in inference.json, so the trained
+    checkpoint loads there), and the training inferer conditions half of the steps; on in the full recipe
+    (train.json), off in the demo recipe (measured without it)."""
+    for value in (False, True):
+        train, infer = ConfigParser(), ConfigParser()
+        train.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "demo.json")])
+        infer.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "demo.json")])
+        assert train.get_parsed_content("self_condition") is False
+        for parser in (train, infer):
+            parser.update({"bundle_root": str(tmp_path), "preset": "XS", "self_condition": value})
+        net = train.get_parsed_content("network")
+        assert net.self_condition is value and train.get_parsed_content("network_def").self_condition is value
+        assert train.get_parsed_content("train#inferer").self_condition_prob == 0.5
+        infer.get_parsed_content("network").load_state_dict(net.state_dict())
+    full = ConfigParser()
+    full.read_config(str(CONFIGS / "train.json"))
+    assert full.get_parsed_content("self_condition") is True
+
+
 @pytest.mark.parametrize("overlay", [None, "demo.json"])
 def test_inference_reads_the_model_training_writes(overlay, tmp_path):
     """inference.json samples with the diffusion settings and the network train.json trains: a model trained
     with x0 prediction and read back as an epsilon model segments nothing (the bug this test was written for)."""
-    keys = ("regions", "preset", "num_train_timesteps", "noise_schedule", "prediction_type", "sampler",
-            "num_inference_steps", "num_ensemble", "threshold")
+    keys = ("regions", "preset", "num_train_timesteps", "noise_schedule", "prediction_type", "self_condition",
+            "sampler", "num_inference_steps", "num_ensemble", "threshold")
     extra = [str(CONFIGS / overlay)] if overlay else []
     train, infer = ConfigParser(), ConfigParser()
     train.read_config([str(CONFIGS / "train.json"), *extra])

@@ -194,9 +194,11 @@ def test_zoo_download_and_load(trained, tmp_path):
     fetched = tmp_path / "zoo" / "medsegdiff_brats"
     assert (fetched / "configs" / "inference.json").is_file() and (fetched / "models" / "model.pt").is_file()
 
-    # the demo model is the "XS" preset at 64x64; inference.json's default is "B" at 256: override the nested network
+    # the demo model is the "XS" preset at 64x64 without self-conditioning; inference.json's default is "B" at 256
+    # with it: override the nested network
     net = load(name="medsegdiff_brats", bundle_dir=str(tmp_path / "zoo"), workflow_type="inference",
-               net_override={"network#name": "XS", "network#image_size": [64, 64]}, progress=False)
+               net_override={"network#name": "XS", "network#image_size": [64, 64], "network#self_condition": False},
+               progress=False)
     trained_state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
     loaded = net.state_dict()
     assert loaded.keys() == trained_state.keys()
@@ -267,12 +269,15 @@ def test_training_resumes_after_interruption(tmp_path):
 
 
 def test_torchrun_two_cpu_processes(tmp_path):
-    """multi_gpu_train.json with torchrun --nproc_per_node=2 on CPU (gloo): trains, validates, saves on rank 0."""
+    """multi_gpu_train.json with torchrun --nproc_per_node=2 on CPU (gloo): trains (with self-conditioning),
+    validates, saves on rank 0."""
     bundle = copy_bundle(tmp_path / "bundle")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "monai.bundle", "run", "training", "--config_file",
            "['configs/train.json','configs/demo.json','configs/multi_gpu_train.json']",
-           "--epochs", "2", "--val_interval", "2"]
+           "--epochs", "2", "--val_interval", "2",
+           # the full recipe's self-conditioning inside DistributedDataParallel: a gradient-free call every step
+           "--self_condition", "True", "--self_condition_prob", "1.0"]
     proc = subprocess.Popen(cmd, cwd=bundle, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
     try:

@@ -1,15 +1,19 @@
 # Copyright (c) medsegdiff-monai contributors
 # Licensed under the Apache License, Version 2.0
-"""MONAI's ``DiffusionInferer`` for the training call, with mixed precision on any device."""
+"""MONAI's ``DiffusionInferer`` for the training call, with mixed precision on any device and self-conditioning."""
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import Scheduler
+from monai.networks.schedulers.ddpm import DDPMPredictionType
 from torch import nn
 
 from medsegdiff_monai.networks.nets.diffusion_segmenter import AUTOCAST_DTYPES, AutocastDtype
+from medsegdiff_monai.networks.schedulers.respacing import predict_x0_and_eps
 from medsegdiff_monai.utils.enums import look_up_named_option
 
 __all__ = ["AutocastDiffusionInferer"]
@@ -25,13 +29,24 @@ class AutocastDiffusionInferer(DiffusionInferer):
     stays float32 (autocast only changes convolutions and matrix products), and the prediction is returned as
     float32, so the loss is computed in float32.
 
-    With ``autocast_dtype=None`` it is exactly MONAI's ``DiffusionInferer``. :meth:`sample` is MONAI's
-    (use :class:`~medsegdiff_monai.inferers.DiffusionSegInferer` to segment).
+    Self-conditioning (Chen et al., "Analog Bits", arXiv 2208.04202), for networks built with
+    ``self_condition=True`` (:class:`~medsegdiff_monai.networks.nets.MedSegDiffUNet`): with probability
+    ``self_condition_prob`` per training step, a first network call without gradient estimates the clean mask from
+    ``x_t`` (converted from the prediction by the scheduler's ``prediction_type``, clipped to the scheduler's
+    ``clip_sample_values`` unless its ``clip_sample`` is False, as the sampler does by default), and the trained
+    call gets it as ``x_self_cond``; otherwise the trained call gets none (zeros), as the first sampling step does.
+    MONAI's inferer has no such option.
+
+    With ``autocast_dtype=None`` and a network without self-conditioning it is exactly MONAI's ``DiffusionInferer``.
+    :meth:`sample` is MONAI's (use :class:`~medsegdiff_monai.inferers.DiffusionSegInferer` to segment).
 
     Args:
         scheduler: the diffusion scheduler (e.g. :class:`~medsegdiff_monai.networks.schedulers.RespacedDDPMScheduler`).
         autocast_dtype: None (float32), "bfloat16" or "float16" (float16 has no loss scaling here: on GPUs prefer
             bfloat16, or ``SupervisedTrainer(amp=True)`` which scales the loss).
+        self_condition_prob: share of the training steps that self-condition, in [0, 1] (0.5 in Chen et al.); used
+            only with a network whose ``self_condition`` is True (also inside ``DistributedDataParallel``). The
+            first call costs a forward pass without gradient on those steps.
 
     Example::
 
@@ -39,8 +54,13 @@ class AutocastDiffusionInferer(DiffusionInferer):
                                     prepare_batch=SegDiffusionPrepareBatch(scheduler), loss_function=torch.nn.MSELoss())
     """
 
-    def __init__(self, scheduler: Scheduler, autocast_dtype: str | None = None) -> None:
+    def __init__(
+        self, scheduler: Scheduler, autocast_dtype: str | None = None, self_condition_prob: float = 0.5
+    ) -> None:
         super().__init__(scheduler)
+        if not 0.0 <= float(self_condition_prob) <= 1.0:
+            raise ValueError(f"`self_condition_prob` must be in [0, 1], got {self_condition_prob}.")
+        self.self_condition_prob = float(self_condition_prob)
         if autocast_dtype is not None:
             autocast_dtype = look_up_named_option("autocast_dtype", autocast_dtype, AutocastDtype)
             if autocast_dtype == AutocastDtype.AUTO:  # training numerics must not depend on a timing
@@ -74,9 +94,48 @@ class AutocastDiffusionInferer(DiffusionInferer):
         Returns:
             the prediction, ``(B, C, *spatial)`` float32.
         """
-        if self.autocast_dtype is None:
+        self_conditions = bool(getattr(getattr(diffusion_model, "module", diffusion_model), "self_condition", False))
+        if self.autocast_dtype is None and not self_conditions:
             return super().__call__(inputs, diffusion_model, noise, timesteps, condition, mode, seg)
         # autocast changes convolutions and matrix products only: the element-wise noising stays float32
-        with torch.autocast(device_type=inputs.device.type, dtype=AUTOCAST_DTYPES[self.autocast_dtype]):
-            prediction = super().__call__(inputs, diffusion_model, noise, timesteps, condition, mode, seg)
-        return prediction.float()
+        precision = (
+            contextlib.nullcontext()
+            if self.autocast_dtype is None
+            else torch.autocast(device_type=inputs.device.type, dtype=AUTOCAST_DTYPES[self.autocast_dtype])
+        )
+        with precision:
+            if not self_conditions:
+                return super().__call__(inputs, diffusion_model, noise, timesteps, condition, mode, seg).float()
+            return self._self_conditioned(inputs, diffusion_model, noise, timesteps, condition, mode).float()
+
+    def _self_conditioned(
+        self,
+        inputs: torch.Tensor,
+        diffusion_model: nn.Module,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        condition: torch.Tensor | None,
+        mode: str,
+    ) -> torch.Tensor:
+        """The training call of a self-conditioning network (MONAI's noising and conditioning modes, see above)."""
+        if mode not in ("crossattn", "concat"):
+            raise NotImplementedError(f"{mode} condition is not supported")
+        x_t = self.scheduler.add_noise(original_samples=inputs, noise=noise, timesteps=timesteps)
+        x_in, context = x_t, condition
+        if mode == "concat":
+            if condition is None:
+                raise ValueError("Conditioning is required for concat condition")
+            x_in, context = torch.cat([x_t, condition], dim=1), None
+        estimate = None
+        # one draw per step from the global random state (seeded by the bundle's set_determinism)
+        if self.self_condition_prob > 0 and float(torch.rand(())) < self.self_condition_prob:
+            with torch.no_grad():
+                first = diffusion_model(x=x_in, timesteps=timesteps, context=context).float()
+                alpha = self.scheduler.alphas_cumprod.to(x_t.device)[timesteps.long()]
+                alpha = alpha.reshape((-1,) + (1,) * (x_t.dim() - 1))
+                lo, hi = getattr(self.scheduler, "clip_sample_values", (-1.0, 1.0))
+                clip = (float(lo), float(hi)) if getattr(self.scheduler, "clip_sample", True) else None
+                prediction_type = str(getattr(self.scheduler, "prediction_type", DDPMPredictionType.EPSILON))
+                estimate, _ = predict_x0_and_eps(first, x_t.float(), alpha, prediction_type, clip)
+        prediction: torch.Tensor = diffusion_model(x=x_in, timesteps=timesteps, context=context, x_self_cond=estimate)
+        return prediction

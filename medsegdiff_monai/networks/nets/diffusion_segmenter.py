@@ -111,7 +111,9 @@ class DiffusionSegmenter(nn.Module):
     Every update is a function of the current sample and the *clipped* predicted x0, so clipping stays
     consistent and results do not degrade with more steps (see ``DiffusionSampler``). This loop is the only
     sampling loop of the package: :class:`~medsegdiff_monai.inferers.DiffusionSegInferer` and the bundle sample
-    through it. Member probabilities are ``clamp((x0 + 1) / 2, 0, 1)`` of the last step's x0.
+    through it. Member probabilities are ``clamp((x0 + 1) / 2, 0, 1)`` of the last step's x0. A network with
+    ``self_condition = True`` (:class:`~medsegdiff_monai.networks.nets.MedSegDiffUNet`) gets the previous step's
+    clipped x0 as ``x_self_cond`` from the second step on.
 
     Noise: from ``generator`` (or the global random state), or, in eager mode with ``seeds`` given to
     :meth:`sample`, from one seed per image: the noise of image ``b`` at step ``k`` comes from a generator seeded
@@ -164,6 +166,9 @@ class DiffusionSegmenter(nn.Module):
         scripted = torch.jit.script(segmenter)
     """
 
+    # a TorchScript constant, so the call with ``x_self_cond`` is compiled only for networks that take it
+    __constants__ = ["self_condition"]
+
     def __init__(
         self,
         network: nn.Module,
@@ -202,6 +207,7 @@ class DiffusionSegmenter(nn.Module):
         self.num_inference_steps = solver.num_inference_steps
         self.sampler = solver.sampler
         self.progress = bool(progress)
+        self.self_condition = bool(getattr(network, "self_condition", False))
         # device -> {"dtype": ..., "times": ...} ("auto"); not annotated: TorchScript warns on annotated empty dicts
         self.autocast_choices = {}  # type: ignore[var-annotated]
         self.share_context = (
@@ -220,14 +226,21 @@ class DiffusionSegmenter(nn.Module):
             f"share_context={self.share_context}"
         )
 
-    def _denoise(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, repeats: int = 1) -> torch.Tensor:
+    def _denoise(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        repeats: int = 1,
+        x_self_cond: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """One network call, returning the ``out_channels`` mean-prediction channels in float32."""
         if not torch.jit.is_scripting():
             dtype = self._autocast_for(x, t, cond, repeats)
             if dtype is not None:
                 with torch.autocast(device_type=x.device.type, dtype=AUTOCAST_DTYPES[dtype]):
-                    return self._call_network(x, t, cond, repeats).float()
-        return self._call_network(x, t, cond, repeats).float()
+                    return self._call_network(x, t, cond, repeats, x_self_cond).float()
+        return self._call_network(x, t, cond, repeats, x_self_cond).float()
 
     @torch.jit.unused
     def _autocast_for(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, repeats: int) -> str | None:
@@ -247,11 +260,21 @@ class DiffusionSegmenter(nn.Module):
             self.autocast_choices[key] = {"dtype": dtype, "times": times}
         return self.autocast_choices[key]["dtype"]  # type: ignore[no-any-return]
 
-    def _call_network(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, repeats: int = 1) -> torch.Tensor:
+    def _call_network(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        repeats: int = 1,
+        x_self_cond: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         if self.mode == "concat":
-            out = self.network(torch.cat([x, cond.to(x.dtype)], dim=1), timesteps=t)
+            if self.self_condition:
+                out = self.network(torch.cat([x, cond.to(x.dtype)], dim=1), timesteps=t, x_self_cond=x_self_cond)
+            else:
+                out = self.network(torch.cat([x, cond.to(x.dtype)], dim=1), timesteps=t)
         else:
-            out = self._call_crossattn(x, t, cond, repeats)
+            out = self._call_crossattn(x, t, cond, repeats, x_self_cond)
         c = self.out_channels
         if out.shape[1] == 2 * c:  # learned-variance models: keep the mean prediction
             out = out[:, :c]
@@ -261,7 +284,16 @@ class DiffusionSegmenter(nn.Module):
             )
         return out
 
-    def _call_crossattn(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, repeats: int) -> torch.Tensor:
+    def _call_crossattn(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, repeats: int, x_self_cond: Optional[torch.Tensor]
+    ) -> torch.Tensor:
+        if self.self_condition:
+            if not torch.jit.is_scripting():
+                if repeats > 1:
+                    return self.network(
+                        x, timesteps=t, context=cond, context_repeats=repeats, x_self_cond=x_self_cond
+                    )
+            return self.network(x, timesteps=t, context=cond, x_self_cond=x_self_cond)
         if not torch.jit.is_scripting():
             if repeats > 1:  # each image once, shared by its `repeats` member rows (eager only)
                 return self.network(x, timesteps=t, context=cond, context_repeats=repeats)
@@ -309,7 +341,11 @@ class DiffusionSegmenter(nn.Module):
             last = self.num_inference_steps - 1
             for i in range(self.num_inference_steps):
                 t = self.solver.timesteps[i].expand(b * n)
-                x0 = self.solver.predict_x0(i, self._denoise(x, t, cond, repeats), x)
+                # self-conditioning: the previous step's clipped x0 (none at the first step)
+                x_self_cond: Optional[torch.Tensor] = None
+                if self.self_condition and i > 0:
+                    x_self_cond = x0
+                x0 = self.solver.predict_x0(i, self._denoise(x, t, cond, repeats, x_self_cond), x)
                 if not torch.jit.is_scripting():
                     if bar is not None:
                         bar.update(1)

@@ -392,6 +392,12 @@ class MedSegDiffUNet(nn.Module):
             channels-last (on CPU ~1.4x faster for this network, most of it at the narrow full-resolution levels,
             where channels-first 16-channel convolutions are 3x slower). Inputs may be in any memory format. Only a
             storage choice: values, state dicts and exports are the same either way.
+        self_condition: self-conditioning (Chen et al., "Analog Bits", arXiv 2208.04202; not in the paper): the mask
+            encoder also reads the previous step's clean-mask estimate ``x_self_cond`` (``out_channels`` more input
+            channels of its first convolution), zeros when there is none (the first sampling step, and the
+            training calls without it). :class:`~medsegdiff_monai.inferers.AutocastDiffusionInferer` trains it
+            (a share of the steps with an estimate from a gradient-free first pass) and
+            :class:`~medsegdiff_monai.networks.nets.DiffusionSegmenter` feeds the estimate while sampling.
 
     Example::
 
@@ -418,6 +424,7 @@ class MedSegDiffUNet(nn.Module):
         ff_parser_input_size: Sequence[int] | int | None = None,
         channels_last: bool = True,
         image_size: Sequence[int] | int | None = None,
+        self_condition: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -527,7 +534,9 @@ class MedSegDiffUNet(nn.Module):
             nn.Linear(channels[0], temb_channels), nn.SiLU(), nn.Linear(temb_channels, temb_channels)
         )
         self.conv_in_image = Convolution(spatial_dims, in_channels, channels[0], kernel_size=3, conv_only=True)
-        self.conv_in_mask = Convolution(spatial_dims, out_channels, channels[0], kernel_size=3, conv_only=True)
+        self.self_condition = bool(self_condition)
+        mask_in = out_channels * (2 if self.self_condition else 1)  # noisy mask (+ previous x0 estimate)
+        self.conv_in_mask = Convolution(spatial_dims, mask_in, channels[0], kernel_size=3, conv_only=True)
 
         common = {"norm_num_groups": norm_num_groups, "norm_eps": norm_eps, "dropout": dropout}
         skip_channels: list[int] = [channels[0]]
@@ -635,6 +644,7 @@ class MedSegDiffUNet(nn.Module):
         timesteps: torch.Tensor,
         context: torch.Tensor | None = None,
         context_repeats: int = 1,
+        x_self_cond: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -652,9 +662,12 @@ class MedSegDiffUNet(nn.Module):
                 encoder levels before it) depends only on the image and the timestep, so it then runs once per
                 image instead of once per row; the result is that of ``context.repeat_interleave(r, 0)`` with
                 ``r = 1``. Only with ``context`` given.
+            x_self_cond: the previous clean-mask estimate in [-1, 1], shaped like the noisy mask ``(B, out_channels,
+                *spatial)``; only for a network built with ``self_condition=True``, where None means zeros (no
+                estimate: MONAI's ``DiffusionInferer`` calls it so).
 
         Returns:
-            predicted noise ``(B, out_channels, *spatial)``.
+            the prediction ``(B, out_channels, *spatial)`` (noise, clean mask or velocity, as trained).
         """
         repeats = int(context_repeats)
         if repeats < 1:
@@ -718,7 +731,21 @@ class MedSegDiffUNet(nn.Module):
         emb_image = emb if repeats == 1 else emb[::repeats]
 
         h_image = self.conv_in_image(image)
-        h_mask = self.conv_in_mask(x)
+        if self.self_condition:
+            if x_self_cond is None:
+                x_self_cond = torch.zeros_like(x)
+            elif x_self_cond.shape != x.shape:
+                raise ValueError(
+                    f"MedSegDiffUNet: x_self_cond must have the shape of the noisy mask {list(x.shape)}, got "
+                    f"{list(x_self_cond.shape)}."
+                )
+            h_mask = self.conv_in_mask(torch.cat([x, x_self_cond.to(x.dtype)], dim=1))
+        else:
+            if x_self_cond is not None:
+                raise ValueError(
+                    "MedSegDiffUNet: x_self_cond given, but the network was built with self_condition=False."
+                )
+            h_mask = self.conv_in_mask(x)
         skips: list[torch.Tensor] = [_add_shared(h_image, h_mask, repeats)]
         for level in self.encoder:
             if repeats > 1 and level.fuses:
