@@ -752,7 +752,10 @@ def to_markdown(report: dict[str, Any]) -> str:
             dice = _summary([r["dice"]["mean"] for r in rows])
             hd95 = _summary([r["hd95"]["mean"] for r in rows])
             seeds = ", ".join(str(r.get("seed", 0)) for r in rows)
-            lines.append(f"| {text} | {budget:g} | {seeds} | {_fmt(dice, 4)} | {_fmt(hd95, 2)} |")
+            if len(rows) > 1:
+                lines.append(f"| {text} | {budget:g} | {seeds} | {_fmt(dice, 4)} | {_fmt(hd95, 2)} |")
+            else:  # one seed has no spread over seeds: its mean alone, not "± 0"
+                lines.append(f"| {text} | {budget:g} | {seeds} | {dice['mean']:.4f} | {hd95['mean']:.2f} |")
     if report.get("references"):
         lines += ["", "References without training (same scoring):", "", "| reference | Dice | HD95 mm |",
                   "| --- | --- | --- |"]

@@ -129,7 +129,7 @@ def _inference_self_condition() -> bool:
 def save_model(path: Path, preset: str, image_size: list[int]) -> None:
     """An untrained preset with a random (not zero) output convolution, saved as the bundle's model.pt."""
     torch.manual_seed(0)
-    net = _network(preset, image_size).train()
+    net = _network(preset, image_size)
     conv = net.out[-1].conv
     torch.nn.init.normal_(conv.weight, std=0.02)
     torch.nn.init.zeros_(conv.bias)

@@ -9,11 +9,11 @@ import contextlib
 import torch
 from monai.inferers import DiffusionInferer
 from monai.networks.schedulers import Scheduler
-from monai.networks.schedulers.ddpm import DDPMPredictionType
 from torch import nn
 
 from medsegdiff_monai.networks.nets.diffusion_segmenter import AUTOCAST_DTYPES, AutocastDtype
 from medsegdiff_monai.networks.schedulers.respacing import predict_x0_and_eps
+from medsegdiff_monai.networks.schedulers.sampler import x0_convention
 from medsegdiff_monai.utils.enums import look_up_named_option
 
 __all__ = ["AutocastDiffusionInferer"]
@@ -133,9 +133,7 @@ class AutocastDiffusionInferer(DiffusionInferer):
                 first = diffusion_model(x=x_in, timesteps=timesteps, context=context).float()
                 alpha = self.scheduler.alphas_cumprod.to(x_t.device)[timesteps.long()]
                 alpha = alpha.reshape((-1,) + (1,) * (x_t.dim() - 1))
-                lo, hi = getattr(self.scheduler, "clip_sample_values", (-1.0, 1.0))
-                clip = (float(lo), float(hi)) if getattr(self.scheduler, "clip_sample", True) else None
-                prediction_type = str(getattr(self.scheduler, "prediction_type", DDPMPredictionType.EPSILON))
-                estimate, _ = predict_x0_and_eps(first, x_t.float(), alpha, prediction_type, clip)
+                prediction_type, clip_range = x0_convention(self.scheduler)  # as the sampler converts and clips
+                estimate, _ = predict_x0_and_eps(first, x_t.float(), alpha, prediction_type, clip_range)
         prediction: torch.Tensor = diffusion_model(x=x_in, timesteps=timesteps, context=context, x_self_cond=estimate)
         return prediction

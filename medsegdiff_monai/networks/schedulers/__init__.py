@@ -18,7 +18,7 @@ from .respacing import (
     spaced_timesteps,
     update_coefficients,
 )
-from .sampler import DiffusionSampler, SamplerType
+from .sampler import DiffusionSampler, SamplerType, x0_convention
 
 __all__ = [
     "DiffusionSampler",
@@ -34,4 +34,5 @@ __all__ = [
     "previous_timestep_table",
     "spaced_timesteps",
     "update_coefficients",
+    "x0_convention",
 ]

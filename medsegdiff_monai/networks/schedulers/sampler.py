@@ -13,7 +13,7 @@ from torch import nn
 from ...utils.enums import look_up_named_option
 from .respacing import predict_x0_and_eps, spaced_timesteps, update_coefficients
 
-__all__ = ["SamplerType", "DiffusionSampler"]
+__all__ = ["SamplerType", "DiffusionSampler", "x0_convention"]
 
 
 class SamplerType(StrEnum):
@@ -27,6 +27,30 @@ class SamplerType(StrEnum):
     DDPM = "ddpm"
     DDIM = "ddim"
     DPMPP_2M = "dpmpp_2m"
+
+
+def x0_convention(scheduler: Scheduler, clip_sample: bool | None = None) -> tuple[str, tuple[float, float] | None]:
+    """How a network output becomes the clean-sample estimate for ``scheduler``: the place every sampling and
+    training path reads it from (:class:`DiffusionSampler`, and the self-conditioning estimate of
+    :class:`~medsegdiff_monai.inferers.AutocastDiffusionInferer`).
+
+    Args:
+        scheduler: a MONAI scheduler (``prediction_type``; optional ``clip_sample``, ``clip_sample_values``).
+        clip_sample: clip the estimate; None follows ``scheduler.clip_sample`` (True if the scheduler has none).
+
+    Returns:
+        ``(prediction_type, clip_range)``: "epsilon", "sample" or "v_prediction", and the ``(min, max)`` the estimate
+        is clipped to (the scheduler's ``clip_sample_values``, default ``(-1, 1)``) or None for no clipping.
+
+    Raises:
+        ValueError: for an unknown prediction type.
+    """
+    prediction_type = str(getattr(scheduler, "prediction_type", DDPMPredictionType.EPSILON))
+    prediction_type = look_up_named_option("scheduler.prediction_type", prediction_type, DDPMPredictionType)
+    if clip_sample is None:
+        clip_sample = bool(getattr(scheduler, "clip_sample", True))
+    lo, hi = getattr(scheduler, "clip_sample_values", (-1.0, 1.0))
+    return prediction_type, (float(lo), float(hi)) if clip_sample else None
 
 
 class DiffusionSampler(nn.Module):
@@ -84,13 +108,9 @@ class DiffusionSampler(nn.Module):
         if not float(eta) >= 0:
             raise ValueError(f"`eta` must be >= 0, got {eta}.")
         self.eta = float(eta) if self.sampler == SamplerType.DDIM else 1.0 if self.sampler == SamplerType.DDPM else 0.0
-        prediction_type = str(getattr(scheduler, "prediction_type", DDPMPredictionType.EPSILON))
-        self.prediction_type = look_up_named_option("scheduler.prediction_type", prediction_type, DDPMPredictionType)
-        if clip_sample is None:
-            clip_sample = bool(getattr(scheduler, "clip_sample", True))
-        lo, hi = getattr(scheduler, "clip_sample_values", (-1.0, 1.0))
-        self.clip_sample = bool(clip_sample)
-        self.clip_min, self.clip_max = float(lo), float(hi)
+        self.prediction_type, clip_range = x0_convention(scheduler, clip_sample)
+        self.clip_sample = clip_range is not None
+        self.clip_min, self.clip_max = clip_range if clip_range is not None else (-1.0, 1.0)  # unused when off
         self.num_train_timesteps = num_train
         self.stochastic = self.eta > 0
 
